@@ -1,0 +1,35 @@
+# Every target creates .venv when missing and installs the project into it, so on a fresh
+# machine `make run` and `make test` are the whole set-up.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+STATE ?= .sidemesh
+
+.PHONY: run test bench proto examples clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+examples: $(STAMP)
+	$(BIN)/sidemesh model-server --make-examples $(STATE)/models
+
+run: examples
+	$(BIN)/sidemesh model-server --repository $(STATE)/models
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.model_server_bench
+
+# The V2 messages go into a private descriptor pool: Triton's client registers the same
+# `inference.*` names in protobuf's default pool, and a process holding both would fail.
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. model_server/proto/grpc_service.proto
+	sed -i 's/_descriptor_pool.Default()/_descriptor_pool.DescriptorPool()/' model_server/proto/grpc_service_pb2.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

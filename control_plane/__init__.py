@@ -1,0 +1,3 @@
+"""control_plane (not yet built; see the issues)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""drift (not yet built; see the issues)."""
+
+__all__: list[str] = []

@@ -1,0 +1,92 @@
+"""The V2 gRPC front end (``inference.GRPCInferenceService``) on grpcio's asyncio server.
+
+Domain errors map to gRPC status codes here, from the ``grpc_code`` each error class
+carries; the handlers themselves only decode, call the ``InferenceService`` and encode.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+
+from .errors import ModelServerError
+from .grpc_codec import decode_request, encode_response
+from .inference import InferenceService
+from .proto import grpc_service_pb2 as pb
+from .proto import grpc_service_pb2_grpc as pb_grpc
+
+__all__ = ["build_grpc_server"]
+
+log = logging.getLogger("sidemesh.model_server")
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    if isinstance(exc, ModelServerError):
+        await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
+    log.exception("unexpected error in a gRPC call", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error in the model server; the server log has the details")
+
+
+class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self._service.registry.ready)
+
+    async def ModelReady(self, request, context):
+        try:
+            entry = self._service.registry.version(request.name, request.version)
+        except ModelServerError as exc:
+            await _abort(context, exc)
+        return pb.ModelReadyResponse(ready=entry.ready)
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(**self._service.server_metadata())
+
+    async def ModelMetadata(self, request, context):
+        try:
+            meta = self._service.model_metadata(request.name, request.version)
+        except ModelServerError as exc:
+            await _abort(context, exc)
+        response = pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"])
+        for spec in meta["inputs"]:
+            response.inputs.add(**spec)
+        for spec in meta["outputs"]:
+            response.outputs.add(**spec)
+        return response
+
+    async def ModelInfer(self, request, context):
+        started = time.monotonic()
+        model, version, code = "", "", 500
+        try:
+            entry = self._service.resolve(request.model_name, request.model_version)
+            model, version = entry.model_name, entry.version
+            decoded = decode_request(request, model, version)
+            response = encode_response(await self._service.infer(entry, decoded))
+            code = 200
+            return response
+        except ModelServerError as exc:
+            code = exc.http_status
+            await _abort(context, exc)
+        except Exception as exc:
+            await _abort(context, exc)
+        finally:
+            self._service.metrics.request_done(model, version, code, time.monotonic() - started)
+
+
+def build_grpc_server(service: InferenceService, max_message_bytes: int) -> grpc.aio.Server:
+    """An unstarted server with the V2 service registered; the caller adds the port."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", -1),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(service), server)
+    return server

@@ -1,0 +1,3 @@
+"""sidecar (not yet built; see the issues)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""The ``sidemesh`` command: one console script whose subcommands are the components."""
+
+__all__: list[str] = []
