@@ -21,6 +21,7 @@ __all__ = ["build_rest_app", "SERVICE_KEY"]
 
 log = logging.getLogger("sidemesh.model_server")
 SERVICE_KEY = web.AppKey("service", InferenceService)
+BODY_LIMIT_KEY = web.AppKey("max_body_bytes", int)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -33,8 +34,9 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         return await handler(request)
     except ModelServerError as exc:
         return _error(exc.http_status, str(exc))
-    except web.HTTPRequestEntityTooLarge as exc:
-        return _error(413, f"request body is over the server's limit of {exc.max_size} bytes (--max-body-bytes)")
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[BODY_LIMIT_KEY]
+        return _error(413, f"request body is over the server's limit of {limit} bytes (--max-body-bytes)")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -109,6 +111,7 @@ async def _metrics(request: web.Request) -> web.Response:
 def build_rest_app(service: InferenceService, max_body_bytes: int) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors])
     app[SERVICE_KEY] = service
+    app[BODY_LIMIT_KEY] = max_body_bytes
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     app.router.add_get("/v2", _server_metadata)
