@@ -38,6 +38,16 @@ def build_parser(prog: str = "sidemesh model-server") -> argparse.ArgumentParser
     return parser
 
 
+def _run(coro) -> None:
+    """uvloop when installed: it roughly halves the event loop's cost per request."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -54,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         from .server import serve
 
-        asyncio.run(serve(config))
+        _run(serve(config))
     except ConfigError as exc:
         print(f"sidemesh model-server: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ carries; the handlers themselves only decode, call the ``InferenceService`` and 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -16,6 +17,7 @@ from .grpc_codec import decode_request, encode_response
 from .inference import InferenceService
 from .proto import grpc_service_pb2 as pb
 from .proto import grpc_service_pb2_grpc as pb_grpc
+from .metrics import CLIENT_CLOSED
 
 __all__ = ["build_grpc_server"]
 
@@ -74,6 +76,9 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         except ModelServerError as exc:
             code = exc.http_status
             await _abort(context, exc)
+        except asyncio.CancelledError:
+            code = CLIENT_CLOSED  # the caller cancelled or hung up
+            raise
         except Exception as exc:
             await _abort(context, exc)
         finally:

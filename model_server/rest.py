@@ -7,6 +7,7 @@ own 404/405/413 included) answers the same shape.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -15,9 +16,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .errors import ModelServerError
 from .inference import InferenceService
+from .metrics import CLIENT_CLOSED
 from .rest_codec import HEADER_LENGTH, decode_request, encode_response
 
-__all__ = ["build_rest_app", "SERVICE_KEY"]
+__all__ = ["build_rest_app", "SERVICE_KEY", "BODY_LIMIT_KEY"]
 
 log = logging.getLogger("sidemesh.model_server")
 SERVICE_KEY = web.AppKey("service", InferenceService)
@@ -93,6 +95,9 @@ async def _infer(request: web.Request) -> web.Response:
         raise
     except web.HTTPException as exc:
         code = exc.status
+        raise
+    except asyncio.CancelledError:
+        code = CLIENT_CLOSED  # the caller hung up; not a server error
         raise
     finally:
         service.metrics.request_done(model, version, code, time.monotonic() - started)

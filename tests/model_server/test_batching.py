@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-import shutil
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -36,6 +36,10 @@ def batch_repo(tmp_path_factory):
     (root / "slow" / "1").mkdir(parents=True)
     (root / "slow" / "1" / "model.onnx").write_bytes(heavy_model(width=1024, layers=2, inputs=64).SerializeToString())
     write_config(root, "slow", max_batch_size=0, max_queue_size=1)
+    # Waits a minute for a second row: a lone request stays queued until cancelled.
+    (root / "patient" / "1").mkdir(parents=True)
+    (root / "patient" / "1" / "model.onnx").write_bytes(model)
+    write_config(root, "patient", max_batch_size=64, max_queue_delay_us=60_000_000)
     return root
 
 
@@ -115,3 +119,35 @@ def test_a_full_queue_answers_503_at_once_and_the_server_recovers(batch_server):
     assert refused, "32 concurrent calls never filled a one-slot queue"
     assert all(o.startswith("503") and "queue is full" in o for o in refused)
     assert call(None) == "ok"
+
+
+def _metric(server, line_start: str) -> float | None:
+    text = urllib.request.urlopen(f"http://{server.http}/metrics", timeout=30).read().decode()
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_a_cancelled_grpc_call_is_counted_as_499_not_as_a_server_error(batch_server):
+    import grpc
+
+    from model_server.proto import grpc_service_pb2 as pb
+    from model_server.proto import grpc_service_pb2_grpc as pb_grpc
+
+    request = pb.ModelInferRequest(model_name="patient")
+    request.inputs.add(name="features", datatype="FP32", shape=[1, 8]).contents.fp32_contents.extend([0.0] * 8)
+    inflight = 'sidemesh_model_inflight_requests{model="patient",version="1"}'
+    with grpc.insecure_channel(batch_server.grpc) as channel:
+        call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer.future(request)
+        deadline = time.monotonic() + 30
+        while _metric(batch_server, inflight) != 1.0:  # the request is queued on the server
+            assert time.monotonic() < deadline, "the request never reached the queue"
+            time.sleep(0.05)
+        assert call.cancel()
+    deadline = time.monotonic() + 30
+    while _metric(batch_server, 'sidemesh_model_requests_total{code="499",model="patient"') is None:
+        assert time.monotonic() < deadline, "the cancelled call was never counted"
+        time.sleep(0.05)
+    assert _metric(batch_server, 'sidemesh_model_requests_total{code="500",model="patient"') is None
+    assert _metric(batch_server, inflight) == 0.0
