@@ -133,8 +133,7 @@ async def serve(config: ServerConfig) -> None:
         ready = server.registry.ready
         models = ", ".join(f"{m.name} (versions {', '.join(m.versions)})" for m in server.registry.models.values())
         _say(f"{'ready' if ready else 'NOT ready (see above)'}; models: {models or 'none'}")
-        if ready and server.registry.models:
-            name = next(iter(server.registry.models))
+        for name in server.registry.models:
             _say(f"try: curl http://{config.host}:{server.http_port}/v2/models/{name}")
         await stop.wait()
         _say("stopping")

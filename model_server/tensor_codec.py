@@ -71,15 +71,13 @@ def _flatten_strings(name: str, data: Sequence) -> list:
 def from_values(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
     """An element list (flat or nested) as an array of ``shape``."""
     count = element_count(shape)
+    if isinstance(data, (str, bytes, dict)) or not hasattr(data, "__len__"):
+        raise InvalidInput(f"input {name!r}: 'data' must be a list of values, got {type(data).__name__}")
     if datatype == "BYTES":
-        if not isinstance(data, (list, tuple)) and not hasattr(data, "__len__"):
-            raise InvalidInput(f"input {name!r}: 'data' must be a list")
         flat = _flatten_strings(name, data)
         if len(flat) != count:
             raise InvalidInput(f"input {name!r}: {len(flat)} elements given, shape {list(shape)} needs {count}")
         return _strings_array(name, flat).reshape(shape)
-    if not isinstance(data, (list, tuple)) and not hasattr(data, "__len__"):
-        raise InvalidInput(f"input {name!r}: 'data' must be a list")
     try:
         raw = np.asarray(data)
     except (ValueError, TypeError) as exc:
@@ -99,7 +97,8 @@ def _exact_integers(name: str, datatype: str, data: Any, shape: tuple[int, ...])
     convert them exactly from the original values instead, still refusing real floats."""
     values = np.array(data, dtype=object).reshape(-1).tolist()
     if not all(type(v) is int for v in values):
-        raise InvalidInput(f"input {name!r}: {datatype} data must be integers, got floating-point numbers")
+        what = "floating-point numbers" if any(type(v) is float for v in values) else "non-integer values"
+        raise InvalidInput(f"input {name!r}: {datatype} data must be integers, got {what}")
     info = np.iinfo(V2_TO_NUMPY[datatype])
     low, high = min(values, default=0), max(values, default=0)
     if low < info.min or high > info.max:

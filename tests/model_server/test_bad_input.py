@@ -58,6 +58,8 @@ BAD_JSON = [
     ("float for INT32", "/v2/models/echo_int32/infer", doc(features(shape=(1, 3), datatype="INT32", data=[1, 2.5, 3], name="x")), "input 'x': INT32 data must be integers, got floating-point numbers"),
     ("INT8 overflow", "/v2/models/echo_int8/infer", doc(features(shape=(1, 3), datatype="INT8", data=[1, 300, 3], name="x")), "input 'x': value 300 is out of range for INT8"),
     ("numbers for BOOL", "/v2/models/echo_bool/infer", doc(features(shape=(1, 3), datatype="BOOL", data=[1, 0, 1], name="x")), "input 'x': BOOL data must be true/false values"),
+    ("a string as BYTES data", "/v2/models/echo_bytes/infer", doc(features(shape=(3,), datatype="BYTES", data="abc", name="x")), "input 'x': 'data' must be a list of values, got str"),
+    ("a number as data", TABULAR, doc(features(data=5)), "input 'features': 'data' must be a list of values, got int"),
     ("numbers for BYTES", "/v2/models/echo_bytes/infer", doc(features(shape=(1, 3), datatype="BYTES", data=[1, 2, 3], name="x")), "input 'x': BYTES data must be strings, got int"),
 ]
 
