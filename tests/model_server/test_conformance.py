@@ -136,3 +136,25 @@ def test_request_type_check_happens_on_the_server(client):
     inp.set_data_from_numpy(np.zeros((1, 8), np.float64))
     with pytest.raises(InferenceServerException, match="datatype FP64 does not match the model's FP32"):
         c.infer("tabular", [inp])
+
+
+def test_metrics_count_requests_by_outcome_and_time_them(server):
+    import urllib.request
+
+    inp = httpclient.InferInput("features", [2, 8], "FP32")
+    inp.set_data_from_numpy(np.zeros((2, 8), np.float32))
+    client = httpclient.InferenceServerClient(server.http)
+    client.infer("tabular", [inp], model_version="2")
+    bad = httpclient.InferInput("features", [2, 7], "FP32")
+    bad.set_data_from_numpy(np.zeros((2, 7), np.float32))
+    with pytest.raises(InferenceServerException):
+        client.infer("tabular", [bad], model_version="2")
+    client.close()
+    text = urllib.request.urlopen(f"http://{server.http}/metrics", timeout=30).read().decode()
+    series = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("sidemesh_")}
+    assert series['sidemesh_model_requests_total{code="200",model="tabular",version="2"}'] >= 1
+    assert series['sidemesh_model_requests_total{code="400",model="tabular",version="2"}'] >= 1
+    for histogram in ("request_duration_seconds", "queue_duration_seconds", "compute_duration_seconds", "batch_size"):
+        assert series[f'sidemesh_model_{histogram}_count{{model="tabular",version="2"}}'] >= 1
+    assert series['sidemesh_model_batch_size_sum{model="tabular",version="2"}'] >= 2
+    assert series['sidemesh_model_inflight_requests{model="tabular",version="2"}'] == 0

@@ -104,4 +104,27 @@ def test_a_broken_model_fails_alone_and_keeps_the_server_unready(tmp_path):
         assert status == 503 and "failed to load" in body["error"]
         assert _get(server, "/v2/models/good/ready")[0] == 200
         assert _get(server, "/v2/health/live")[0] == 200
+        _grpc_sees_the_broken_model_as_unavailable(server)
         assert server.stop() == 0
+
+
+def _grpc_sees_the_broken_model_as_unavailable(server):
+    import grpc
+
+    from model_server.proto import grpc_service_pb2 as pb
+    from model_server.proto import grpc_service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(server.grpc) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=30).ready is False
+        assert stub.ModelReady(pb.ModelReadyRequest(name="broken"), timeout=30).ready is False
+        assert stub.ModelReady(pb.ModelReadyRequest(name="good"), timeout=30).ready is True
+        request = pb.ModelInferRequest(model_name="broken")
+        request.inputs.add(name="x", datatype="FP32", shape=[1]).contents.fp32_contents.append(0.0)
+        try:
+            stub.ModelInfer(request, timeout=30)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE
+            assert "model 'broken' version 1 failed to load" in exc.details()
+        else:
+            raise AssertionError("inference on a model that failed to load succeeded")
