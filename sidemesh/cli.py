@@ -11,9 +11,9 @@ import sys
 
 __all__ = ["COMMANDS", "main"]
 
-# command -> (module with main(argv), one-line summary)
+# command -> ("module:function" taking argv and returning an exit code, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "model-server": ("model_server.cli", "serve ONNX models over the V2 inference protocol (REST and gRPC)"),
+    "model-server": ("model_server.cli:main", "serve ONNX models over the V2 inference protocol (REST and gRPC)"),
 }
 
 
@@ -34,5 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"sidemesh: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
-    return module.main(rest) or 0
+    module_name, _, function = COMMANDS[command][0].partition(":")
+    entry = getattr(importlib.import_module(module_name), function or "main")
+    return entry(rest) or 0
