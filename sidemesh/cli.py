@@ -14,6 +14,11 @@ __all__ = ["COMMANDS", "main"]
 # command -> ("module:function" taking argv and returning an exit code, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "model-server": ("model_server.cli:main", "serve ONNX models over the V2 inference protocol (REST and gRPC)"),
+    "control-plane": ("control_plane.cli:main", "keep the routing state and serve it over xDS and an admin API"),
+    "split": ("control_plane.commands:split_main", "set the traffic split between a model's versions"),
+    "mirror": ("control_plane.commands:mirror_main", "copy a share of a model's requests to a shadow version"),
+    "routes": ("control_plane.commands:routes_main", "show the desired routing and which nodes applied it"),
+    "rollback": ("control_plane.commands:rollback_main", "restore a model's route as before its latest change"),
 }
 
 
