@@ -1,0 +1,117 @@
+"""Assembles and runs the control plane: SQLite store, xDS (ADS) on grpcio, admin API on
+aiohttp, and the rebuild task; torn down in reverse through one ``AsyncExitStack``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+
+from .admin import build_admin_app
+from .ads import ads_handler
+from .auth import TokenAuth
+from .errors import ControlPlaneError
+from .service import ControlPlane
+from .store import RouteStore
+
+__all__ = ["ControlPlaneConfig", "ControlPlaneServer", "serve"]
+
+# xDS streams are long-lived and mostly idle: small read buffers and no bandwidth-delay
+# probing keep each connected sidecar cheap.
+_XDS_OPTIONS = [
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.experimental.tcp_min_read_chunk_size", 1024),
+    ("grpc.experimental.tcp_max_read_chunk_size", 16384),
+]
+
+
+@dataclass(frozen=True)
+class ControlPlaneConfig:
+    state: Path = Path(".sidemesh/control-plane.db")
+    host: str = "127.0.0.1"
+    admin_port: int = 15000
+    xds_port: int = 15010
+    token_file: Path | None = None
+    endpoint_grace_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("admin_port", "xds_port"):
+            port = getattr(self, name)
+            if not isinstance(port, int) or not 0 <= port <= 65535:
+                raise ValueError(f"{name}: expected a port 0-65535, got {port!r}")
+        if self.endpoint_grace_s < 0:
+            raise ValueError(f"endpoint_grace_s: expected >= 0, got {self.endpoint_grace_s}")
+
+
+def _say(message: str) -> None:
+    print(f"sidemesh control-plane: {message}", flush=True)
+
+
+class ControlPlaneServer:
+    """``async with ControlPlaneServer(config) as cp`` runs it; ports are known after."""
+
+    def __init__(self, config: ControlPlaneConfig) -> None:
+        self.config = config
+        self.admin_port = 0
+        self.xds_port = 0
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> "ControlPlaneServer":
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        cfg = self.config
+        auth = TokenAuth.load(cfg.token_file) if cfg.token_file else None
+        store = RouteStore(cfg.state)
+        self._stack.callback(store.close)
+        self.control_plane = cp = ControlPlane(store, grace_s=cfg.endpoint_grace_s)
+        task = asyncio.get_running_loop().create_task(cp.run(), name="rebuild")
+
+        async def stop_task() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        self._stack.push_async_callback(stop_task)
+
+        xds = grpc.aio.server(options=_XDS_OPTIONS)
+        xds.add_generic_rpc_handlers((ads_handler(cp),))
+        self.xds_port = xds.add_insecure_port(f"{cfg.host}:{cfg.xds_port}")
+        if self.xds_port == 0:
+            raise ControlPlaneError(f"cannot listen for xDS on {cfg.host}:{cfg.xds_port}")
+        await xds.start()
+        self._stack.push_async_callback(xds.stop, 1.0)
+
+        app = build_admin_app(store, cp.nodes.status, cp.changed, auth)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, cfg.host, cfg.admin_port, reuse_address=True)
+        await site.start()
+        self.admin_port = runner.addresses[0][1]
+        _say(f"admin API on http://{cfg.host}:{self.admin_port}, xDS (ADS) on {cfg.host}:{self.xds_port}, state in {cfg.state}")
+        if auth is None:
+            _say("the admin API is open: no --token-file was given")
+        _say(f"ready; {len(store.routes())} model route(s) at version {store.version}")
+
+
+async def serve(config: ControlPlaneConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with ControlPlaneServer(config):
+        await stop.wait()
+        _say("stopping")
