@@ -29,6 +29,7 @@ bench: $(STAMP)
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk nghttp2-client) >/dev/null 2>&1 || \
 	  echo "wrk/h2load not installable here: using the Python load generator"
 	$(BIN)/python -m bench.model_server_bench
+	$(BIN)/python -m bench.control_plane_bench
 
 # The V2 messages go into a private descriptor pool: Triton's client registers the same
 # `inference.*` names in protobuf's default pool, and a process holding both would fail.
