@@ -3,7 +3,10 @@ as a sidecar and ACKing every response) on one control plane process.
 
 Measures the time from ``sidemesh split`` until every client has ACKed the new route
 configuration (client-side p50/p99 of each ACK, and until the control plane itself sees
-all of them ACKed), and the control plane's resident memory per connected client.
+all of them ACKed), and the control plane's resident memory per connected client: both
+the growth over the idle process divided by N (which also charges grpc's one-time
+start-up of its pools to the clients) and the slope between N/2 and N connected clients
+(what one more sidecar costs).
 Targets: p99 <= 1 s at 500 clients; <= 50 KiB per client. Bounded: each wait times out.
 """
 
@@ -96,12 +99,17 @@ async def run(args) -> dict:
         idle_kib = rss_kib(cp.popen.pid)
         stop = asyncio.Event()
         clients = [SimClient(i) for i in range(args.clients)]
-        tasks = [asyncio.ensure_future(c.run(f"127.0.0.1:{cp.xds_port}", stop)) for c in clients]
+        half = args.clients // 2
         started = time.monotonic()
-        await asyncio.wait_for(asyncio.gather(*(c.synced.wait() for c in clients)), args.timeout)
-        connect_s = time.monotonic() - started
-        await asyncio.sleep(1.0)  # let the last debounced endpoint pushes settle before measuring memory
-        loaded_kib = rss_kib(cp.popen.pid)
+        tasks = []
+        rss: list[int] = []
+        for group in (clients[:half], clients[half:]):  # the slope between halves is the marginal cost
+            tasks += [asyncio.ensure_future(c.run(f"127.0.0.1:{cp.xds_port}", stop)) for c in group]
+            await asyncio.wait_for(asyncio.gather(*(c.synced.wait() for c in group)), args.timeout)
+            await asyncio.sleep(1.0)  # let the last debounced endpoint pushes settle before measuring
+            rss.append(rss_kib(cp.popen.pid))
+        connect_s = time.monotonic() - started - 2.0
+        half_kib, loaded_kib = rss
         before = {c.index: set(c.route_versions) for c in clients}
 
         split_at = time.monotonic()
@@ -140,6 +148,7 @@ async def run(args) -> dict:
             "all_acked_on_control_plane_ms": round(1000 * all_acked_s, 1),
             "rss_idle_mib": round(idle_kib / 1024, 1), "rss_loaded_mib": round(loaded_kib / 1024, 1),
             "kib_per_client": round((loaded_kib - idle_kib) / args.clients, 1),
+            "kib_per_added_client": round((loaded_kib - half_kib) / (args.clients - half), 1),
         }
     finally:
         cp.stop()

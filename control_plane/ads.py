@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from .cache import SNAPSHOT_CHANGED
 from .resources import TYPE_ORDER
 from .snapshot import encode_field
 
@@ -37,13 +36,12 @@ __all__ = ["ADS_SERVICE", "ads_handler"]
 
 log = logging.getLogger("sidemesh.control_plane")
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-_END = ("end", None)
 
 
 _NONCE = 5  # DiscoveryResponse.nonce
 
 
-@dataclass
+@dataclass(slots=True)
 class _TypeState:
     names: frozenset[str] = frozenset()
     sent: str | None = None
@@ -51,14 +49,47 @@ class _TypeState:
 
 
 class _Stream:
-    """One ADS stream: turns requests and snapshot changes into responses."""
+    """One ADS stream: turns requests and snapshot changes into responses and writes them.
 
+    Requests are read by the RPC's own coroutine; a snapshot change schedules a short
+    push task (``notify``). One lock keeps the two writers in order. No reader task or
+    queue lives for the stream's lifetime: at hundreds of sidecars, per-stream objects
+    are most of the control plane's memory.
+    """
+
+    __slots__ = ("cp", "context", "node", "states", "_lock", "_push_task", "_dirty")
     _nonces = itertools.count(1)
 
-    def __init__(self, control_plane: "ControlPlane") -> None:
+    def __init__(self, control_plane: "ControlPlane", context: grpc.aio.ServicerContext) -> None:
         self.cp = control_plane
+        self.context = context
         self.node: NodeInfo | None = None
         self.states: dict[str, _TypeState] = {}
+        self._lock = asyncio.Lock()
+        self._push_task: asyncio.Task | None = None
+        self._dirty = False
+
+    async def handle(self, request: DiscoveryRequest) -> None:
+        async with self._lock:
+            for body in self.on_request(request):
+                await self.context.write(body)
+
+    def notify(self) -> None:
+        """The node's snapshot changed (called by the cache)."""
+        self._dirty = True
+        if self._push_task is None or self._push_task.done():
+            self._push_task = asyncio.get_running_loop().create_task(self._push())
+
+    async def _push(self) -> None:
+        while self._dirty:  # a change that arrives mid-push is pushed right after
+            self._dirty = False
+            async with self._lock:
+                for body in self.on_snapshot():
+                    await self.context.write(body)
+
+    def close(self) -> None:
+        if self._push_task is not None:
+            self._push_task.cancel()
 
     def on_request(self, request: DiscoveryRequest) -> list[bytes]:
         type_url = request.type_url
@@ -113,34 +144,20 @@ def _metadata(request: DiscoveryRequest) -> dict:
 
 
 def ads_handler(control_plane: "ControlPlane") -> grpc.GenericRpcHandler:
-    async def stream(requests, context: grpc.aio.ServicerContext):
-        events: asyncio.Queue = asyncio.Queue()
-
-        async def read() -> None:
-            try:
-                async for request in requests:
-                    events.put_nowait(("request", request))
-            finally:
-                events.put_nowait(_END)
-
-        reader = asyncio.create_task(read())
-        handler = _Stream(control_plane)
+    async def stream(requests, context: grpc.aio.ServicerContext) -> None:
+        handler = _Stream(control_plane, context)
         try:
-            while True:
-                kind, request = await events.get()
-                if kind == "end":
-                    return
+            async for request in requests:
                 if handler.node is None:
-                    if kind != "request" or request.node is None or not request.node.id:
+                    if request.node is None or not request.node.id:
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first DiscoveryRequest must carry node.id")
-                    handler.node = control_plane.attach(request.node.id, _metadata(request), events)
-                responses = handler.on_request(request) if kind == "request" else handler.on_snapshot()
-                for response in responses:
-                    yield response
+                    handler.node = control_plane.attach(request.node.id, _metadata(request), handler)
+                await handler.handle(request)
+                request = None  # an idle stream must not pin its last request
         finally:
-            reader.cancel()
+            handler.close()
             if handler.node is not None:
-                control_plane.detach(handler.node.id, events)
+                control_plane.detach(handler.node.id, handler)
 
     return grpc.method_handlers_generic_handler(ADS_SERVICE, {
         "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(

@@ -3,19 +3,23 @@
 
 from __future__ import annotations
 
-import asyncio
+from typing import Protocol
 
 from .snapshot import Snapshot
 
-__all__ = ["SnapshotCache", "SNAPSHOT_CHANGED"]
+__all__ = ["SnapshotCache", "Watcher"]
 
-SNAPSHOT_CHANGED = ("snapshot", None)
+
+class Watcher(Protocol):
+    """A stream to wake when its node's snapshot changes."""
+
+    def notify(self) -> None: ...
 
 
 class SnapshotCache:
     def __init__(self) -> None:
         self._snapshots: dict[str, Snapshot] = {}
-        self._watchers: dict[str, set[asyncio.Queue]] = {}
+        self._watchers: dict[str, set[Watcher]] = {}
 
     def get(self, node_id: str) -> Snapshot | None:
         return self._snapshots.get(node_id)
@@ -26,17 +30,17 @@ class SnapshotCache:
         self._snapshots[node_id] = snapshot
         if old is not None and dict(old.versions) == dict(snapshot.versions):
             return False
-        for queue in self._watchers.get(node_id, ()):
-            queue.put_nowait(SNAPSHOT_CHANGED)
+        for watcher in self._watchers.get(node_id, ()):
+            watcher.notify()
         return True
 
-    def watch(self, node_id: str, queue: asyncio.Queue) -> None:
-        self._watchers.setdefault(node_id, set()).add(queue)
+    def watch(self, node_id: str, watcher: Watcher) -> None:
+        self._watchers.setdefault(node_id, set()).add(watcher)
 
-    def unwatch(self, node_id: str, queue: asyncio.Queue) -> None:
+    def unwatch(self, node_id: str, watcher: Watcher) -> None:
         watchers = self._watchers.get(node_id)
         if watchers is not None:
-            watchers.discard(queue)
+            watchers.discard(watcher)
             if not watchers:
                 del self._watchers[node_id]
 

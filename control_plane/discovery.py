@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,7 +25,10 @@ def parse_address(text: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-@dataclass
+_SENT_KEPT = 4
+
+
+@dataclass(slots=True)
 class NodeInfo:
     """One xDS client. ACK/NACK fields are written by its ADS stream."""
 
@@ -42,15 +44,17 @@ class NodeInfo:
     last_nack: dict | None = None
     acked_state_version: int | None = None
     # (state version, {type_url: version}) of the latest snapshots sent, newest last
-    sent: deque = field(default_factory=lambda: deque(maxlen=4))
+    sent: list = field(default_factory=list)
 
     def remember(self, state_version: int, versions) -> None:
-        """Note a snapshot sent to this node (endpoint changes can rebuild one state)."""
-        entry = (state_version, dict(versions))
+        """Note a snapshot sent to this node (endpoint changes can rebuild one state).
+        ``versions`` is the snapshot's own read-only mapping, shared, not copied."""
+        entry = (state_version, versions)
         if self.sent and self.sent[-1][0] == state_version:
             self.sent[-1] = entry
         else:
             self.sent.append(entry)
+            del self.sent[:-_SENT_KEPT]
 
     def to_dict(self) -> dict:
         return {

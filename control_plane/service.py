@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .cache import SnapshotCache
+from .cache import SnapshotCache, Watcher
 from .discovery import NodeInfo, NodeRegistry
 from .errors import ConsistencyError
 from .snapshot import SharedResources, Snapshot
@@ -67,14 +67,14 @@ class ControlPlane:
 
     # --- ADS streams --------------------------------------------------------------------
 
-    def attach(self, node_id: str, metadata: dict, queue: asyncio.Queue) -> NodeInfo:
+    def attach(self, node_id: str, metadata: dict, watcher: Watcher) -> NodeInfo:
         """A stream opened: register the node and give it the current snapshot at once."""
         node = self.nodes.connect(node_id, metadata)
         self.cache.set(node_id, Snapshot.for_node(self._shared, node.listen))
-        self.cache.watch(node_id, queue)
+        self.cache.watch(node_id, watcher)
         return node
 
-    def detach(self, node_id: str, queue: asyncio.Queue) -> None:
-        self.cache.unwatch(node_id, queue)
+    def detach(self, node_id: str, watcher: Watcher) -> None:
+        self.cache.unwatch(node_id, watcher)
         self.nodes.disconnect(node_id)
         self.cache.forget(node_id)
