@@ -100,6 +100,7 @@ class _Stream:
             error = request.error_detail
             if error is not None and (error.code or error.message):
                 self.node.last_nack = {"type_url": type_url, "version": state.sent, "error": error.message, "at": time.time()}
+                self.cp.metrics.nacked(type_url)
                 log.warning("node %s rejected %s version %s: %s", self.node.id, type_url, state.sent, error.message)
             else:
                 self.node.acked[type_url] = request.version_info
@@ -128,6 +129,7 @@ class _Stream:
         state = self.states[type_url]
         state.sent = snapshot.versions[type_url]
         state.nonce = str(next(self._nonces))
+        self.cp.metrics.sent(type_url)
         return snapshot.response_body(type_url, state.names) + encode_field(_NONCE, state.nonce.encode())
 
     def _update_acked_state(self) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .admin import build_admin_app
 from .ads import ads_handler
@@ -95,6 +96,11 @@ class ControlPlaneServer:
         self._stack.push_async_callback(xds.stop, 1.0)
 
         app = build_admin_app(store, cp.nodes.status, cp.changed, auth)
+
+        async def metrics(request: web.Request) -> web.Response:  # unauthenticated, like /healthz
+            return web.Response(body=generate_latest(cp.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        app.router.add_get("/metrics", metrics)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)

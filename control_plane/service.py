@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+
+from prometheus_client import CollectorRegistry
 
 from .cache import SnapshotCache, Watcher
 from .discovery import NodeInfo, NodeRegistry
 from .errors import ConsistencyError
+from .metrics import ControlPlaneMetrics
 from .snapshot import SharedResources, Snapshot
 from .store import RouteStore
 
@@ -24,14 +28,17 @@ log = logging.getLogger("sidemesh.control_plane")
 
 
 class ControlPlane:
-    def __init__(self, store: RouteStore, grace_s: float = 2.0, debounce_s: float = 0.05) -> None:
+    def __init__(self, store: RouteStore, grace_s: float = 2.0, debounce_s: float = 0.05,
+                 registry: CollectorRegistry | None = None) -> None:
         self.store = store
+        self.metrics = ControlPlaneMetrics(registry or CollectorRegistry())
         self.nodes = NodeRegistry(self.changed, grace_s)
         self.cache = SnapshotCache()
         self._debounce_s = debounce_s
         self._dirty = asyncio.Event()
         self._shared = self._build()
         self.rebuilds = 0
+        self.metrics.watch(self)
 
     def changed(self) -> None:
         """Something the snapshots depend on changed; a rebuild follows shortly."""
@@ -46,6 +53,7 @@ class ControlPlane:
             self.publish()
 
     def publish(self) -> None:
+        started = time.perf_counter()
         try:
             shared = self._build()
         except ConsistencyError as exc:
@@ -60,6 +68,8 @@ class ControlPlane:
                 if snapshot is None:
                     snapshot = by_listen[node.listen] = Snapshot.for_node(shared, node.listen)
                 self.cache.set(node.id, snapshot)
+        self.metrics.rebuilds.inc()
+        self.metrics.rebuild_duration.observe(time.perf_counter() - started)
 
     def _build(self) -> SharedResources:
         routes = {model: route for model, (route, _) in self.store.routes().items()}

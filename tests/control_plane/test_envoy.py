@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import pytest
 
@@ -70,6 +71,9 @@ def test_envoy_splits_traffic_by_the_weights(mesh, backends):
     assert failed == 0
     assert set(seen) == {"v1", "v2"}
     assert within_binomial(seen["v2"], REQUESTS, 0.30), seen
+    scraped = urllib.request.urlopen(cp.url + "/metrics", timeout=30).read().decode()
+    assert "sidemesh_xds_connected_nodes 1.0" in scraped and "sidemesh_xds_stale_nodes 0.0" in scraped
+    assert 'sidemesh_xds_responses_total{type="route"}' in scraped
 
 
 def test_envoy_mirrors_the_configured_share_to_the_shadow(mesh, backends):
@@ -142,6 +146,9 @@ def test_a_change_envoy_rejects_is_a_nack_and_envoy_keeps_its_last_good_config(m
     assert "model-v1.example.invalid" in shown.stdout and "front-envoy" in shown.stdout
     seen, failed = envoy.count(PATH, 300)
     assert failed == 0 and dict(seen) == {"v1": 300}, "Envoy must keep serving the last good endpoints"
+    scraped = urllib.request.urlopen(cp.url + "/metrics", timeout=30).read().decode()
+    assert 'sidemesh_xds_nacks_total{type="endpoint"} 1.0' in scraped
+    assert "sidemesh_xds_nacked_nodes 1.0" in scraped and "sidemesh_xds_stale_nodes 1.0" in scraped
 
 
 def test_envoy_rides_out_a_control_plane_outage_and_resyncs_when_it_returns(mesh, backends):

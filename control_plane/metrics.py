@@ -1,0 +1,67 @@
+"""Prometheus metrics of the control plane; the registry is injected.
+
+Counters are bumped where things happen (a response sent, a NACK received, a rebuild);
+gauges about the nodes are computed at scrape time from the registry of nodes, so the
+request path pays nothing for them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from .resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+
+if TYPE_CHECKING:
+    from .service import ControlPlane
+
+__all__ = ["ControlPlaneMetrics", "TYPE_NAMES"]
+
+TYPE_NAMES = {LISTENER: "listener", ROUTE: "route", CLUSTER: "cluster", ENDPOINT: "endpoint"}
+
+
+class _NodeGauges:
+    """Scrape-time view of the nodes: how many are connected, and how many have not
+    applied the latest routing version (what an alert on stale config watches)."""
+
+    def __init__(self, control_plane: "ControlPlane") -> None:
+        self._cp = control_plane
+
+    def collect(self):
+        version = self._cp.store.version
+        connected = [n for n in self._cp.nodes.nodes() if n.connected]
+        stale = sum(1 for n in connected if (n.acked_state_version or 0) < version)
+        nacked = sum(1 for n in connected if n.last_nack is not None and (n.acked_state_version or 0) < version)
+        yield GaugeMetricFamily("sidemesh_control_plane_routing_version", "Latest routing state version.", value=version)
+        yield GaugeMetricFamily("sidemesh_xds_connected_nodes", "Nodes with an open ADS stream.", value=len(connected))
+        yield GaugeMetricFamily("sidemesh_xds_stale_nodes", "Connected nodes that have not ACKed the latest routing version.", value=stale)
+        yield GaugeMetricFamily("sidemesh_xds_nacked_nodes", "Connected nodes behind because they rejected a newer config.", value=nacked)
+
+
+class ControlPlaneMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.responses = Counter("sidemesh_xds_responses", "DiscoveryResponses sent, by resource type.", ["type"], registry=registry)
+        self.nacks = Counter("sidemesh_xds_nacks", "NACKs received, by resource type.", ["type"], registry=registry)
+        self.rebuilds = Counter("sidemesh_control_plane_rebuilds", "Snapshots built and published.", registry=registry)
+        self.rebuild_duration = Histogram(
+            "sidemesh_control_plane_rebuild_duration_seconds", "Time to build and publish every node's snapshot.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=registry,
+        )
+        self._responses = {t: self.responses.labels(n) for t, n in TYPE_NAMES.items()}
+        self._nacks = {t: self.nacks.labels(n) for t, n in TYPE_NAMES.items()}
+
+    def watch(self, control_plane: "ControlPlane") -> None:
+        self.registry.register(_NodeGauges(control_plane))
+
+    def sent(self, type_url: str) -> None:
+        counter = self._responses.get(type_url)
+        if counter is not None:
+            counter.inc()
+
+    def nacked(self, type_url: str) -> None:
+        counter = self._nacks.get(type_url)
+        if counter is not None:
+            counter.inc()
