@@ -109,12 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         coro = _grpc(a.url, a.model, a.width, a.concurrency, a.requests, a.seconds, a.warmup)
     else:
         coro = _rest(a.url, a.model, a.protocol == "rest-binary", a.width, a.concurrency, a.requests, a.seconds, a.warmup)
-    try:
-        import uvloop
-    except ImportError:
-        result = asyncio.run(coro)
-    else:
-        result = uvloop.run(coro)
+    import uvloop
+
+    result = uvloop.run(coro)
     print(json.dumps(result))
     return 0
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -41,12 +40,9 @@ def main(argv: list[str] | None = None) -> int:
             state=args.state, host=args.host, admin_port=args.admin_port, xds_port=args.xds_port,
             token_file=args.token_file, endpoint_grace_s=args.endpoint_grace,
         )
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(serve(config))
-        else:
-            uvloop.run(serve(config))
+        import uvloop
+
+        uvloop.run(serve(config))
     except (ValueError, ControlPlaneError) as exc:
         print(f"sidemesh control-plane: {exc}", file=sys.stderr)
         return 2

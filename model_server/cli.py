@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -38,16 +37,6 @@ def build_parser(prog: str = "sidemesh model-server") -> argparse.ArgumentParser
     return parser
 
 
-def _run(coro) -> None:
-    """uvloop when installed: it roughly halves the event loop's cost per request."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -62,9 +51,11 @@ def main(argv: list[str] | None = None) -> int:
             repository=args.repository, host=args.host, http_port=args.http_port,
             grpc_port=args.grpc_port, max_body_bytes=args.max_body_bytes,
         )
+        import uvloop  # about half the event loop's cost per request
+
         from .server import serve
 
-        _run(serve(config))
+        uvloop.run(serve(config))
     except ConfigError as exc:
         print(f"sidemesh model-server: {exc}", file=sys.stderr)
         return 2

@@ -6,11 +6,13 @@ import asyncio
 import time
 import warnings
 
+import grpc
+
 from control_plane import snapshot as snapshot_module
 from control_plane.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control_plane.routing import Route
 from control_plane.server import ControlPlaneConfig, ControlPlaneServer
-from tests.control_plane.ads_client import AdsClient
+from tests.control_plane.ads_client import METHOD, AdsClient, DiscoveryRequest, DiscoveryResponse
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -178,3 +180,19 @@ async def next_of_any(client: AdsClient):
 async def _until(predicate) -> None:
     while not predicate():
         await asyncio.sleep(0.01)
+
+
+def test_a_stream_without_a_node_id_is_refused_clearly(tmp_path):
+    async def body(server, address):
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = channel.stream_stream(METHOD, request_serializer=bytes, response_deserializer=DiscoveryResponse.FromString)(
+                iter([DiscoveryRequest(type_url=ROUTE)]))
+            try:
+                async for _ in call:
+                    raise AssertionError("a stream without node.id was answered")
+            except grpc.aio.AioRpcError as exc:
+                return exc.code(), exc.details()
+
+    code, details = run(body, tmp_path)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "must carry node.id" in details
