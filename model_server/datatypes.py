@@ -14,7 +14,6 @@ import numpy as np
 __all__ = [
     "V2_TO_NUMPY",
     "ONNX_TO_V2",
-    "itemsize",
     "numpy_dtype",
     "v2_datatype_of",
     "serialize_bytes",
@@ -64,11 +63,6 @@ _LEN = struct.Struct("<I")
 def numpy_dtype(datatype: str) -> np.dtype:
     """The numpy dtype for a V2 datatype name; ``KeyError`` for an unknown name."""
     return V2_TO_NUMPY[datatype]
-
-
-def itemsize(datatype: str) -> int:
-    """Bytes per element on the wire; 0 for BYTES (variable length)."""
-    return 0 if datatype == "BYTES" else V2_TO_NUMPY[datatype].itemsize
 
 
 def v2_datatype_of(array: np.ndarray) -> str:
