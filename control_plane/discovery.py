@@ -1,8 +1,9 @@
 """Discovery by self-registration: who is connected, and the endpoints they make.
 
 A sidecar's xDS node metadata names its ``model``, ``version`` and ``inbound`` address
-(where other proxies reach it). While its stream is open, that address is an endpoint of
-the (model, version) backend. When the stream ends the endpoint stays for a grace period,
+(where other proxies reach it), and ``grpc``, its gRPC inbound address, when it serves
+one. While its stream is open, that address is an endpoint of the (model, version)
+backend, carrying the gRPC port for sidecars that forward gRPC. When the stream ends the endpoint stays for a grace period,
 so a sidecar reconnecting after a control-plane blip does not flap every other proxy's
 endpoints. Nodes without model metadata (a front Envoy, say) are tracked but add nothing.
 """
@@ -14,7 +15,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["NodeInfo", "NodeRegistry", "parse_address"]
+__all__ = ["NodeInfo", "NodeRegistry", "RegisteredEndpoint", "parse_address"]
+
+# (host, port, gRPC port or None): a registered sidecar's inbound addresses.
+RegisteredEndpoint = tuple[str, int, int | None]
 
 
 def parse_address(text: str) -> tuple[str, int] | None:
@@ -37,6 +41,7 @@ class NodeInfo:
     version: str | None = None
     inbound: tuple[str, int] | None = None
     listen: tuple[str, int] | None = None
+    grpc_inbound: tuple[str, int] | None = None
     connected: bool = True
     connected_at: float = field(default_factory=time.time)
     streams: int = 0
@@ -60,6 +65,7 @@ class NodeInfo:
         return {
             "id": self.id, "model": self.model, "version": self.version,
             "address": f"{self.inbound[0]}:{self.inbound[1]}" if self.inbound else None,
+            "grpc_address": f"{self.grpc_inbound[0]}:{self.grpc_inbound[1]}" if self.grpc_inbound else None,
             "connected": self.connected, "connected_at": self.connected_at,
             "acked": dict(self.acked), "acked_state_version": self.acked_state_version, "last_nack": self.last_nack,
         }
@@ -68,6 +74,7 @@ class NodeInfo:
 def _metadata(raw: dict[str, Any]) -> dict[str, Any]:
     inbound = parse_address(str(raw["inbound"])) if "inbound" in raw else None
     listen = parse_address(str(raw["listen"])) if "listen" in raw else None
+    grpc_inbound = parse_address(str(raw["grpc"])) if "grpc" in raw else None
     model = raw.get("model")
     version = raw.get("version")
     return {
@@ -75,6 +82,7 @@ def _metadata(raw: dict[str, Any]) -> dict[str, Any]:
         "version": str(version) if version else None,
         "inbound": inbound,
         "listen": listen,
+        "grpc_inbound": grpc_inbound,
     }
 
 
@@ -98,7 +106,8 @@ class NodeRegistry:
             self._nodes[node_id] = node
             changed = node.inbound is not None
         else:
-            changed = (node.model, node.version, node.inbound) != (meta["model"], meta["version"], meta["inbound"]) or not node.connected
+            endpoint = (node.model, node.version, node.inbound, node.grpc_inbound)
+            changed = endpoint != (meta["model"], meta["version"], meta["inbound"], meta["grpc_inbound"]) or not node.connected
             for key, value in meta.items():
                 setattr(node, key, value)
             if not node.connected:
@@ -132,13 +141,15 @@ class NodeRegistry:
     def nodes(self) -> list[NodeInfo]:
         return list(self._nodes.values())
 
-    def endpoints(self) -> dict[tuple[str, str], list[tuple[str, int]]]:
-        """(model, version) -> inbound addresses of its registered sidecars (sorted)."""
-        found: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    def endpoints(self) -> dict[tuple[str, str], list[RegisteredEndpoint]]:
+        """(model, version) -> (host, port, gRPC port or None) of its registered sidecars,
+        sorted by address."""
+        found: dict[tuple[str, str], dict[tuple[str, int], int | None]] = {}
         for node in self._nodes.values():
             if node.model and node.version and node.inbound:
-                found.setdefault((node.model, node.version), []).append(node.inbound)
-        return {k: sorted(set(v)) for k, v in found.items()}
+                grpc_port = node.grpc_inbound[1] if node.grpc_inbound else None
+                found.setdefault((node.model, node.version), {})[node.inbound] = grpc_port
+        return {k: [(h, p, g) for (h, p), g in sorted(v.items())] for k, v in found.items()}
 
     def status(self) -> list[dict]:
         return [n.to_dict() for n in sorted(self._nodes.values(), key=lambda n: n.id)]

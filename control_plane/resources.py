@@ -141,19 +141,27 @@ def clusters(routes: dict[str, Route]) -> list[Cluster]:
     ]
 
 
-def load_assignments(routes: dict[str, Route], registered: dict[tuple[str, str], list[tuple[str, int]]]) -> list[ClusterLoadAssignment]:
-    """Static endpoints from the route plus the sidecars registered for each version."""
+def _lb_endpoint(host: str, port: int, grpc_port: int | None) -> LbEndpoint:
+    """A sidecar that announced a gRPC inbound carries its port in the endpoint's
+    ``filter_metadata["sidemesh"]``, for sidecars forwarding gRPC (Envoy ignores it)."""
+    metadata = Metadata(filter_metadata={"sidemesh": Struct.from_dict({"grpc_port": grpc_port})}) if grpc_port else None
+    return LbEndpoint(endpoint=Endpoint(address=_socket(host, port)), metadata=metadata)
+
+
+def load_assignments(routes: dict[str, Route],
+                     registered: dict[tuple[str, str], list[tuple[str, int, int | None]]]) -> list[ClusterLoadAssignment]:
+    """Static endpoints from the route plus the sidecars registered for each version
+    (``(host, port, gRPC port or None)``). Static endpoints have no gRPC port."""
     out = []
     for model in sorted(routes):
         for b in routes[model].backends:
-            addresses = list(registered.get((model, b.version), []))
+            addresses: dict[tuple[str, int], int | None] = {(h, p): g for h, p, g in registered.get((model, b.version), [])}
             for endpoint in b.endpoints:
                 host, _, port = endpoint.rpartition(":")
-                addresses.append((host.strip("[]"), int(port)))
-            unique = sorted(set(addresses))
+                addresses.setdefault((host.strip("[]"), int(port)), None)
             out.append(ClusterLoadAssignment(
                 cluster_name=cluster_name(model, b.version),
-                endpoints=[LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=_socket(h, p))) for h, p in unique])],
+                endpoints=[LocalityLbEndpoints(lb_endpoints=[_lb_endpoint(h, p, g) for (h, p), g in sorted(addresses.items())])],
             ))
     return out
 

@@ -77,7 +77,7 @@ class SharedResources:
 
     @classmethod
     def build(cls, state_version: int, routes: dict[str, Route],
-              registered: dict[tuple[str, str], list[tuple[str, int]]]) -> "SharedResources":
+              registered: dict[tuple[str, str], list[tuple[str, int, int | None]]]) -> "SharedResources":
         cluster_list = clusters(routes)
         assignments = load_assignments(routes, registered)
         known = {c.name for c in cluster_list}

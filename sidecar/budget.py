@@ -1,0 +1,29 @@
+"""A retry budget: retries in flight may not pass a share of requests in flight.
+
+Envoy's ``retry_budget`` semantics (20% and at least 3 by default): when an upstream is
+down for everyone, retries cannot multiply the load on what is left.
+"""
+
+from __future__ import annotations
+
+__all__ = ["RetryBudget"]
+
+
+class RetryBudget:
+    def __init__(self, ratio: float = 0.2, min_concurrency: int = 3) -> None:
+        if not 0 <= ratio <= 1:
+            raise ValueError(f"ratio: expected a share between 0 and 1, got {ratio}")
+        if min_concurrency < 0:
+            raise ValueError(f"min_concurrency: expected 0 or more, got {min_concurrency}")
+        self.ratio = ratio
+        self.min_concurrency = min_concurrency
+        self.active = 0
+
+    def acquire(self, in_flight: int) -> bool:
+        if self.active >= max(self.min_concurrency, int(self.ratio * in_flight)):
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1

@@ -1,0 +1,37 @@
+"""The sidecar's metrics, by name. Names follow DESIGN.md: ``sidemesh_`` prefix, base
+units, ``model`` and ``version`` labels (``version`` is the version that answered)."""
+
+from __future__ import annotations
+
+from .metrics import DELTA_BUCKETS, DIFF_BUCKETS, MetricSet
+
+__all__ = ["Instruments"]
+
+_MV = ("model", "version")
+_MIRROR = ("model", "version", "shadow_version")
+
+
+class Instruments:
+    def __init__(self, metrics: MetricSet) -> None:
+        m = metrics
+        self.requests = m.counter("sidemesh_requests_total", "Requests answered, by the version that answered and the status code.", _MV + ("code",))
+        self.duration = m.histogram("sidemesh_request_duration_seconds", "Time from a complete request to its response, retries included.", _MV)
+        self.upstream_duration = m.histogram(
+            "sidemesh_upstream_duration_seconds", "Time of one upstream call; upstream is local (this pod's model server) or remote (another sidecar).",
+            _MV + ("upstream",))
+        self.retries = m.counter("sidemesh_retries_total", "Retries made, by the condition that caused them.", _MV + ("reason",))
+        self.retries_refused = m.counter("sidemesh_retry_budget_exhausted_total", "Retries not made because the retry budget was used up.", _MV)
+        self.shed = m.counter("sidemesh_shed_total", "Requests refused by the sidecar itself with a 503, by reason.", ("reason",))
+        self.ejections = m.counter("sidemesh_outlier_ejections_total", "Endpoints ejected after consecutive 5xx.", _MV + ("endpoint",))
+        self.mirror = m.counter(
+            "sidemesh_mirror_requests_total",
+            "Shadow copies by outcome: ok, shadow_error, primary_error (not compared), dropped_queue_full, dropped_too_large.",
+            _MIRROR + ("outcome",))
+        self.compared_rows = m.counter("sidemesh_mirror_compared_rows_total", "Rows whose predicted label was compared between primary and shadow.", _MIRROR)
+        self.agreed_rows = m.counter("sidemesh_mirror_agreed_rows_total", "Rows where the shadow predicted the primary's label.", _MIRROR)
+        self.mismatches = m.counter("sidemesh_mirror_mismatches_total", "Shadow answers whose outputs differ in name, type or shape.", _MIRROR)
+        self.max_abs = m.histogram("sidemesh_mirror_max_abs_diff", "Largest absolute difference between primary and shadow outputs, per answer.", _MIRROR, DIFF_BUCKETS)
+        self.max_rel = m.histogram("sidemesh_mirror_max_rel_diff", "Largest relative difference between primary and shadow outputs, per answer.", _MIRROR, DIFF_BUCKETS)
+        self.latency_delta = m.histogram(
+            "sidemesh_mirror_latency_delta_seconds", "Shadow latency minus primary latency (negative: the shadow was faster). With negative buckets "
+            "there is no _sum or _count (OpenMetrics); the +Inf bucket is the count.", _MIRROR, DELTA_BUCKETS)

@@ -1,0 +1,228 @@
+"""Assembles and runs the sidecar: routing, the REST and gRPC proxies, mirroring, the admin
+port and the xDS client.
+
+Listeners open first (liveness answers at once); readiness waits for the first routing
+table, from the control plane or, after ``static_after_s``, the static fallback (every
+request to the local model server). SIGTERM drains: readiness turns false, the xDS stream
+closes (the control plane drops this endpoint), requests in flight finish, new ones get a
+V2 503 saying the sidecar is shutting down. Teardown runs in reverse through one
+``AsyncExitStack``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+
+from .admin import AdminHandler
+from .budget import RetryBudget
+from .config import SidecarConfig
+from .forward import Forwarder
+from .http1 import HttpServer, ServerLimits
+from .instruments import Instruments
+from .metrics import MetricSet
+from .mirror import Mirror
+from .outlier import OutlierDetector
+from .proxy import RestProxy
+from .router import Router
+from .table import RoutingTable, static_table
+from .tracing import Tracer, TracingConfig
+from .upstream import UpstreamPool
+
+__all__ = ["Sidecar", "serve"]
+
+
+def _say(message: str) -> None:
+    print(f"sidemesh sidecar: {message}", flush=True)
+
+
+def _addr(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Sidecar:
+    """One running sidecar: ``async with Sidecar(config) as sidecar``."""
+
+    def __init__(self, config: SidecarConfig, span_exporter=None) -> None:
+        self.config = config
+        self.metrics = MetricSet()
+        self.instruments = Instruments(self.metrics)
+        self.router = Router(config.model, config.version)
+        self.tracer = Tracer(TracingConfig(sample_ratio=config.trace_sample, otlp_endpoint=config.otlp_endpoint,
+                                           model=config.model, version=config.version), exporter=span_exporter)
+        self.draining = False
+        self.xds = None
+        self.http_address: tuple[str, int] | None = None
+        self.admin_address: tuple[str, int] | None = None
+        self.grpc_address: tuple[str, int] | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._applied = asyncio.Event()
+
+    async def __aenter__(self) -> "Sidecar":
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self._stack.aclose()
+
+    # --- assembly ----------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        cfg = self.config
+        m = self.instruments
+        self._stack.callback(self.tracer.shutdown)
+        self.pool = UpstreamPool(max_body_bytes=cfg.max_body_bytes)
+        self._stack.callback(self.pool.close)
+        self.outliers = OutlierDetector(cfg.outlier, on_eject=lambda c, e: m.ejections.inc(
+            (c.name.partition("|")[0], c.name.partition("|")[2], f"{e.host}:{e.port}")))
+        self.budget = RetryBudget(cfg.retry_budget)
+        self.mirror = Mirror(cfg.mirror, self.pool, self.outliers, m, self.tracer)
+        self.forwarder = Forwarder(self.pool, cfg.upstream, self.outliers, self.budget, m, self.in_flight, cfg.connect_timeout_s)
+        self.proxy = RestProxy(self.router, self.forwarder, self.mirror, m, cfg.max_concurrent, self.tracer)
+        self.grpc_proxy = None
+        self._gauges()
+
+        self.mirror.start()
+        self._stack.push_async_callback(self.mirror.stop)
+        limits = ServerLimits(max_body_bytes=cfg.max_body_bytes)
+        self.http = HttpServer(self.proxy.handle, limits, self._handler_error)
+        self.http_address = await self.http.start(*cfg.listen)
+        self._stack.push_async_callback(self.http.close)
+        if cfg.grpc_listen is not None:
+            from .grpc_proxy import GrpcProxy
+
+            self.grpc_proxy = GrpcProxy(cfg, self.router, self.outliers, self.budget, self.mirror, m, self.in_flight)
+            self.grpc_address = await self.grpc_proxy.start(*cfg.grpc_listen)
+            self._stack.push_async_callback(self.grpc_proxy.stop, cfg.drain_timeout_s)
+        admin = AdminHandler(self.metrics, self.readiness, self.config_dump)
+        self.admin = HttpServer(admin, ServerLimits(max_body_bytes=1 << 16))
+        self.admin_address = await self.admin.start(*cfg.admin)
+        self._stack.push_async_callback(self.admin.close)
+        grpc = f", gRPC on {_addr(self.grpc_address)}" if self.grpc_address else ""
+        _say(f"{cfg.model} version {cfg.version}: REST on http://{_addr(self.http_address)}{grpc}, "
+             f"admin on http://{_addr(self.admin_address)}; upstream http://{_addr(cfg.upstream)}")
+
+        if cfg.control_plane is None:
+            self.apply(static_table(cfg.model, cfg.version))
+        else:
+            self._start_xds()
+
+    def _start_xds(self) -> None:
+        from .xds_client import XdsClient, XdsConfig
+
+        cfg = self.config
+        advertised_grpc = cfg.advertised_grpc
+        self.xds = XdsClient(XdsConfig(
+            control_plane=_addr(cfg.control_plane), node_id=cfg.node_id, node_cluster=cfg.model,
+            model=cfg.model, version=cfg.version, inbound=_addr(cfg.advertised),
+            grpc_inbound=_addr(advertised_grpc) if advertised_grpc else None,
+        ), self.apply)
+        self._xds_task = asyncio.ensure_future(self.xds.run())
+        self._stack.push_async_callback(_cancel, self._xds_task)
+        if cfg.static_after_s is not None:
+            timer = asyncio.get_running_loop().call_later(cfg.static_after_s, self._fallback)
+            self._stack.callback(timer.cancel)
+        _say(f"waiting for routes from the control plane at {_addr(cfg.control_plane)}")
+
+    def _gauges(self) -> None:
+        g = self.metrics.gauge
+        g("sidemesh_in_flight_requests", "Requests in flight through this sidecar.", (), lambda: [((), self.in_flight())])
+        g("sidemesh_ready", "1 when the sidecar has a routing table and is not draining.", (),
+          lambda: [((), 0.0 if self.readiness() else 1.0)])
+        g("sidemesh_config_source", "Where the routing table in use came from (xds or static).", ("source",),
+          lambda: [((self.router.table.source,), 1.0)] if self.router.table is not None else [])
+        g("sidemesh_xds_connected", "1 while the ADS stream to the control plane is up.", (),
+          lambda: [((), 1.0 if self.xds is not None and self.xds.connected else 0.0)])
+        g("sidemesh_xds_applied_state_version", "The control plane's routing state version last applied.", (),
+          lambda: [((), float(self.xds.applied_state_version))] if self.xds is not None and self.xds.applied_state_version is not None else [])
+        g("sidemesh_xds_acks_total", "xDS responses applied and ACKed.", (),
+          lambda: [((), float(self.xds.acks_total))] if self.xds is not None else [])
+        g("sidemesh_xds_nacks_total", "xDS responses refused (NACKed); the last good config stays.", (),
+          lambda: [((), float(self.xds.nacks_total))] if self.xds is not None else [])
+        g("sidemesh_xds_reconnects_total", "Times the ADS stream was re-established.", (),
+          lambda: [((), float(self.xds.reconnects_total))] if self.xds is not None else [])
+        g("sidemesh_outlier_ejected_endpoints", "Endpoints ejected right now.", (), lambda: [((), float(len(self.outliers.ejected())))])
+        g("sidemesh_mirror_pending", "Shadow copies queued or being replayed and compared.", (), lambda: [((), float(self.mirror.pending()))])
+        g("sidemesh_retry_budget_active", "Retries in flight (bounded by the retry budget).", (), lambda: [((), float(self.budget.active))])
+
+    # --- state -------------------------------------------------------------------------
+
+    def apply(self, table: RoutingTable) -> None:
+        """Swap the routing table (one assignment: a request sees the old or the new)."""
+        first = self.router.table is None
+        self.router.table = table
+        if first:
+            self._applied.set()
+            _say(f"ready: routing from {'the control plane' if table.source == 'xds' else 'the static fallback (everything to the local upstream)'}")
+
+    def _fallback(self) -> None:
+        if self.router.table is None:
+            _say(f"no routes from the control plane after {self.config.static_after_s:g} s: serving the static fallback "
+                 "until they arrive")
+            self.apply(static_table(self.config.model, self.config.version))
+
+    def in_flight(self) -> int:
+        return self.proxy.in_flight + (self.grpc_proxy.in_flight if self.grpc_proxy is not None else 0)
+
+    def readiness(self) -> str | None:
+        if self.draining:
+            return "the sidecar is draining (shutting down)"
+        if self.router.table is None:
+            return "no routing configuration applied yet (waiting for the control plane)"
+        return None
+
+    def config_dump(self) -> dict:
+        xds = None
+        if self.xds is not None:
+            x = self.xds
+            xds = {"connected": x.connected, "applied_versions": dict(x.applied_versions),
+                   "applied_state_version": x.applied_state_version, "acks_total": x.acks_total,
+                   "nacks_total": x.nacks_total, "reconnects_total": x.reconnects_total,
+                   "last_nack": x.last_nack, "last_error": x.last_error}
+        table = self.router.table
+        return {"model": self.config.model, "version": self.config.version, "node_id": self.config.node_id,
+                "ready": self.readiness() is None, "table": table.to_dict() if table is not None else None, "xds": xds}
+
+    async def wait_applied(self) -> None:
+        await self._applied.wait()
+
+    async def drain(self) -> None:
+        """Finish what is in flight, refuse new requests, then return."""
+        self.draining = True
+        _say("draining: finishing requests in flight, refusing new ones")
+        if self.xds is not None:  # closing the stream takes this endpoint out of the mesh
+            await _cancel(self._xds_task)
+        waits = [self.http.drain(self.config.drain_timeout_s)]
+        if self.grpc_proxy is not None:
+            waits.append(self.grpc_proxy.drain(self.config.drain_timeout_s))
+        done = await asyncio.gather(*waits)
+        if not all(done):
+            _say(f"drain timed out after {self.config.drain_timeout_s:g} s; closing the rest")
+
+    def _handler_error(self, exc: BaseException) -> None:
+        _say(f"internal error while proxying: {type(exc).__name__}: {exc}")
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+async def serve(config: SidecarConfig) -> None:
+    """Run until SIGINT or SIGTERM, then drain."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Sidecar(config) as sidecar:
+        await stop.wait()
+        await sidecar.drain()
+    print("sidemesh sidecar: stopped", file=sys.stderr, flush=True)
