@@ -24,12 +24,14 @@ test: $(STAMP)
 
 # wrk and h2load (Debian) generate load natively, so the load's own CPU does not crowd the
 # server on a small machine; without them the benchmark uses its Python load generator.
+# nginx is the sidecar benchmark's backend and one of its peers (it needs nginx and wrk).
 bench: $(STAMP)
-	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
-	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk nghttp2-client) >/dev/null 2>&1 || \
-	  echo "wrk/h2load not installable here: using the Python load generator"
+	@command -v wrk >/dev/null && command -v h2load >/dev/null && PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk nghttp2-client nginx) >/dev/null 2>&1 || \
+	  echo "wrk/h2load/nginx not installable here: the model server benchmark falls back to its Python load generator"
 	$(BIN)/python -m bench.model_server_bench
 	$(BIN)/python -m bench.control_plane_bench
+	$(BIN)/python -m bench.sidecar_bench
 
 # The V2 messages go into a private descriptor pool: Triton's client registers the same
 # `inference.*` names in protobuf's default pool, and a process holding both would fail.

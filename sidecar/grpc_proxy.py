@@ -96,7 +96,7 @@ def with_version(message: bytes, version: bytes) -> bytes:
 
 class GrpcProxy:
     def __init__(self, config: SidecarConfig, router: Router, outliers: OutlierDetector, budget: RetryBudget,
-                 mirror: Mirror, instruments: Instruments, in_flight) -> None:
+                 mirror: Mirror, instruments: Instruments, in_flight, tracer=None) -> None:
         self.config = config
         self.router = router
         self.outliers = outliers
@@ -109,6 +109,7 @@ class GrpcProxy:
         self._server: grpc.aio.Server | None = None
         self._options = [("grpc.max_receive_message_length", config.max_body_bytes),
                          ("grpc.max_send_message_length", config.max_body_bytes)]
+        self.tracer = tracer if tracer is not None and tracer.enabled else None
         mirror.grpc_sender = self._send_shadow
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -189,11 +190,23 @@ class GrpcProxy:
                 await context.abort(C.UNAVAILABLE, f"version {version!r} of model {label!r} has no endpoint: no sidecar of that version is connected")
             targets = decision.cluster
             metadata += [(k.decode(), v.decode()) for k, v in decision.headers]
+        span = client_span = None
+        forwarded = metadata
+        if self.tracer is not None:
+            span = self.tracer.start_inbound([(k.encode(), v.encode()) for k, v in metadata if isinstance(v, str)],
+                                             b"POST", method.encode(), model)
+        if span is not None:
+            client_span, traceparent = span.upstream(version, "local" if targets is None else version)
+            forwarded = [(k, v) for k, v in metadata if k != "traceparent"] + [("traceparent", traceparent.decode())]
         self.in_flight += 1
         try:
-            code, response, error, elapsed = await self._forward(method, request, metadata, decision, label, targets)
+            code, response, error, elapsed = await self._forward(method, request, forwarded, decision, label, targets)
         finally:
             self.in_flight -= 1
+        if span is not None:
+            status = int(HTTP_EQUIVALENT.get(code, "500"))
+            client_span.end(status, error)
+            span.end(status, version, error)
         await context.send_initial_metadata(((VERSION_HEADER.decode(), version),))
         self._record(label, version, code, received)
         route = decision.route
@@ -201,7 +214,7 @@ class GrpcProxy:
             for shadow in router.mirrors(route):
                 self.mirror.submit(MirrorJob(
                     label, version, shadow, router.table.clusters.get(shadow.cluster), route.compare, route.timeout_s,
-                    "grpc", b"POST", method.encode(), metadata, original, 0 if code == C.OK else 1, [], response or b"", elapsed,
+                    "grpc", b"POST", method.encode(), metadata, original, 0 if code == C.OK else 1, [], response or b"", elapsed, span,
                 ))
         if code != C.OK:
             await context.abort(code, error)
@@ -278,9 +291,12 @@ class GrpcProxy:
         self.m.requests.inc((label, version, HTTP_EQUIVALENT.get(code, "500")))
         self.m.duration.observe((label, version), time.perf_counter() - received)
 
-    async def _send_shadow(self, job: MirrorJob, endpoint: Endpoint, timeout: float) -> ShadowAnswer:
-        metadata = [(k, v) for k, v in job.headers if k not in _DROP_METADATA and k != VERSION_HEADER.decode()]
+    async def _send_shadow(self, job: MirrorJob, endpoint: Endpoint, timeout: float, traceparent: bytes | None) -> ShadowAnswer:
+        drop = _DROP_METADATA if traceparent is not None else _DROP_METADATA - {"traceparent"}
+        metadata = [(k, v) for k, v in job.headers if k not in drop and k != VERSION_HEADER.decode()]
         metadata += [(HOP_HEADER.decode(), job.shadow.version), (SHADOW_HEADER.decode(), "1")]
+        if traceparent is not None:
+            metadata.append(("traceparent", traceparent.decode()))
         started = time.perf_counter()
         try:
             body = await self._channel(endpoint.host, endpoint.grpc_port).unary_unary(job.target.decode())(

@@ -27,7 +27,10 @@ from .upstream import UpstreamPool, encode_request
 
 __all__ = ["MirrorConfig", "MirrorJob", "Mirror", "ShadowAnswer", "shadow_target"]
 
-_SKIP = HOP_BY_HOP | {HOP_HEADER, PIN_HEADER, SHADOW_HEADER, b"traceparent"}
+# An untraced copy keeps the client's traceparent (W3C lets a proxy pass it on); a traced
+# one gets the mirror span's instead.
+_SKIP = HOP_BY_HOP | {HOP_HEADER, PIN_HEADER, SHADOW_HEADER}
+_SKIP_TRACED = _SKIP | {b"traceparent"}
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ class ShadowAnswer:
 
 
 # Sends a gRPC job to one endpoint; provided by the gRPC proxy.
-GrpcSender = Callable[[MirrorJob, Endpoint, float], Awaitable[ShadowAnswer]]
+GrpcSender = Callable[[MirrorJob, Endpoint, float, bytes | None], Awaitable[ShadowAnswer]]
 
 
 class Mirror:
@@ -100,6 +103,7 @@ class Mirror:
         self._queue: deque[MirrorJob] = deque()
         self._bytes = 0
         self._wakeup: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._compare = None  # the comparison module, imported on first use (numpy)
         self.submitted = 0
@@ -107,6 +111,8 @@ class Mirror:
 
     def start(self) -> None:
         self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._workers = [asyncio.ensure_future(self._work()) for _ in range(self.config.workers)]
 
     async def stop(self) -> None:
@@ -128,7 +134,12 @@ class Mirror:
         self._bytes += job.size
         self.submitted += 1
         if self._wakeup is not None:
+            self._idle.clear()
             self._wakeup.set()
+
+    async def wait_idle(self) -> None:
+        """Until every copy submitted so far has been replayed and compared."""
+        await self._idle.wait()
 
     def pending(self) -> int:
         """Copies queued or being replayed and compared."""
@@ -150,6 +161,8 @@ class Mirror:
                 self._m.mirror.inc((job.model, job.version, job.shadow.version, "internal_error"))
                 print(f"sidemesh sidecar: mirror worker error: {type(exc).__name__}: {exc}", flush=True)
             self.completed += 1
+            if self.completed == self.submitted:
+                self._idle.set()
 
     async def _run(self, job: MirrorJob) -> None:
         labels = (job.model, job.version, job.shadow.version)
@@ -184,11 +197,13 @@ class Mirror:
         if job.kind == "grpc":
             if self.grpc_sender is None or endpoint.grpc_port is None:
                 return ShadowAnswer(False, 0, [], b"", 0.0, "the shadow has no gRPC port")
-            return await self.grpc_sender(job, endpoint, timeout)
+            return await self.grpc_sender(job, endpoint, timeout, traceparent)
         extra = [(HOP_HEADER, job.shadow.version.encode()), (SHADOW_HEADER, b"1")]
+        skip = _SKIP
         if traceparent is not None:
             extra.append((b"traceparent", traceparent))
-        data = encode_request(job.method, shadow_target(job.target, job.shadow.version), job.headers, extra, job.body, _SKIP)
+            skip = _SKIP_TRACED
+        data = encode_request(job.method, shadow_target(job.target, job.shadow.version), job.headers, extra, job.body, skip)
         started = time.perf_counter()
         try:
             response = await self._pool.request(endpoint.host, endpoint.port, data, timeout, job.cluster.connect_timeout_s)

@@ -98,7 +98,7 @@ class Sidecar:
         if cfg.grpc_listen is not None:
             from .grpc_proxy import GrpcProxy
 
-            self.grpc_proxy = GrpcProxy(cfg, self.router, self.outliers, self.budget, self.mirror, m, self.in_flight)
+            self.grpc_proxy = GrpcProxy(cfg, self.router, self.outliers, self.budget, self.mirror, m, self.in_flight, self.tracer)
             self.grpc_address = await self.grpc_proxy.start(*cfg.grpc_listen)
             self._stack.push_async_callback(self.grpc_proxy.stop, cfg.drain_timeout_s)
         admin = AdminHandler(self.metrics, self.readiness, self.config_dump)

@@ -63,6 +63,16 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, rand: Callable[[], 
     return rand() * min(max_s, base_s * 2.0 ** min(attempt, 60))
 
 
+def _raise_if_cancelled() -> None:
+    """grpc.aio can swallow a cancellation: one that meets a stream the server has just
+    ended comes out as UNAVAILABLE, one that lands during set-up is absorbed by the call's
+    preparation task. Honour a requested cancellation all the same, or ``run`` would
+    reconnect forever after being cancelled."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
+
+
 def _host_port(name: str, text: str) -> None:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -143,14 +153,18 @@ class XdsClient:
             except grpc.aio.AioRpcError as exc:
                 self.last_error = f"{exc.code().name}: {exc.details()}"
             except Exception as exc:  # unexpected: keep the table, log, and retry like any failure
+                _raise_if_cancelled()
                 log.exception("xDS stream failed")
                 self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
                 self.connected = False
+            _raise_if_cancelled()
             attempt = 0 if self._responded else attempt
             delay = backoff_delay(attempt, self.config.backoff_base_s, self.config.backoff_max_s)
+            # One warning per outage; the retries while it lasts are debug noise.
+            level = logging.WARNING if self._responded or attempt == 0 else logging.DEBUG
+            log.log(level, "xDS stream to %s lost (%s); reconnecting in %.2f s", self.config.control_plane, self.last_error, delay)
             attempt += 1
-            log.warning("xDS stream to %s lost (%s); reconnecting in %.2f s", self.config.control_plane, self.last_error, delay)
             await asyncio.sleep(delay)
             self.reconnects_total += 1
 

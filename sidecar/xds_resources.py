@@ -27,7 +27,7 @@ LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-# The order the sidecar subscribes in (LDS before RDS names its route configurations).
+# Every type the sidecar reads, in the control plane's make-before-break order.
 TYPE_URLS = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 
 _CLASSES: dict[str, type[Message]] = {

@@ -79,6 +79,25 @@ def test_a_sidecar_is_an_endpoint_while_connected_and_leaves_after_the_grace_per
     run(body, tmp_path, grace_s=0.3)
 
 
+def test_a_sidecars_grpc_port_rides_on_its_endpoint_and_static_endpoints_have_none(tmp_path):
+    async def body(server, address):
+        setup(server, {"backends": [{"version": "v1", "weight": 1, "endpoints": ["10.0.0.5:8000"]}]})
+        meta = {"model": "tabular", "version": "v1", "inbound": "127.0.0.9:15001", "grpc": "127.0.0.9:15002"}
+        async with AdsClient(address, "sidecar-grpc", meta) as sidecar:
+            sidecar.send(ENDPOINT)
+            while True:
+                cla = ClusterLoadAssignment.FromString((await next_of(sidecar, ENDPOINT)).resources[0].value)
+                found = {e.endpoint.address.socket_address.port_value: e.metadata for e in cla.endpoints[0].lb_endpoints}
+                if 15001 in found:
+                    break
+            assert found[15001].filter_metadata["sidemesh"].to_dict() == {"grpc_port": 15002}
+            assert found[8000] is None
+            status = server.control_plane.nodes.get("sidecar-grpc").to_dict()
+            assert (status["address"], status["grpc_address"]) == ("127.0.0.9:15001", "127.0.0.9:15002")
+
+    run(body, tmp_path)
+
+
 def test_acks_and_nacks_are_tracked_and_a_rejected_version_is_never_sent_again(tmp_path):
     async def body(server, address):
         setup(server, TWO_VERSIONS)

@@ -15,6 +15,7 @@ import pytest
 
 from control_plane import resources as cp
 from control_plane.routing import Route
+from control_plane.store import RouteStore
 from sidecar.errors import ConfigError
 from sidecar.table import Endpoint, RoutingTable
 from sidecar.xds_client import XdsClient, XdsConfig, backoff_delay
@@ -132,7 +133,8 @@ def test_tables_follow_the_control_plane_through_changes_and_a_restart(tmp_path)
 async def _follow(plane: ControlPlaneProcess, first_version: int) -> None:
     tables = Tables()
     client = XdsClient(config(plane.xds_port), tables)
-    api = lambda method, path, doc=None: asyncio.to_thread(plane.api, method, path, doc)  # noqa: E731
+    async def api(method: str, path: str, doc: dict | None = None) -> tuple[int, dict]:
+        return await asyncio.to_thread(plane.api, method, path, doc)
 
     async def node() -> dict | None:
         status, body = await api("GET", "/v1/nodes")
@@ -151,6 +153,7 @@ async def _follow(plane: ControlPlaneProcess, first_version: int) -> None:
         own = Endpoint("127.0.0.1", 25001, 25002)
         table = await tables.until(lambda t: weights(t) == {"v1": 90, "v2": 10} and own in t.clusters["tabular|v1"].endpoints,
                                    "90/10 and this sidecar registered")
+        assert table.routes["tabular"].targets[1].headers == ((b"x-sidemesh-hop", b"v2"),)
         assert client.connected and client.applied_state_version == first_version
         assert set(client.applied_versions) == {CLUSTER, ENDPOINT, LISTENER, ROUTE}
         seen = await acked(first_version)
@@ -200,8 +203,6 @@ def test_a_control_plane_that_is_not_up_yet_is_waited_for(tmp_path):
 
 async def _seed_then(plane: ControlPlaneProcess, body) -> None:
     """Store a route in the state file before the control plane runs, then run ``body``."""
-    from control_plane.store import RouteStore
-
     store = RouteStore(plane.state)
     try:
         store.put(Route.from_dict("tabular", TWO), "test")
@@ -373,5 +374,23 @@ def test_cancelling_the_client_ends_it_cleanly():
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 5)
         assert not client.connected
+
+    asyncio.run(body())
+
+
+def test_a_cancellation_that_meets_a_dying_stream_is_not_lost():
+    # grpc.aio turns a cancellation that meets a stream the server just ended into an
+    # UNAVAILABLE error; the client must end anyway, not reconnect forever.
+    async def body():
+        for step in range(25):
+            async with ScriptedAds() as ads:
+                task = asyncio.create_task(XdsClient(config(ads.port), Tables()).run())
+                await ads.request()  # the stream is up
+                await ads.server.stop(0)
+                for _ in range(step % 5):
+                    await asyncio.sleep(0)  # cancel a loop turn later each time
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.wait_for(task, 5)
 
     asyncio.run(body())
