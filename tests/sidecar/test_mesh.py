@@ -276,3 +276,22 @@ def test_bad_input_at_the_sidecar_gets_a_clear_error_and_it_keeps_serving(mesh):
     channel.close()
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'9'" in err.value.details()
     assert entry.infer()[0] == 200
+
+
+def test_a_stock_envoy_in_front_splits_once_and_each_sidecar_serves_its_own_version(mesh, tmp_path):
+    """Envoy takes the same routes over xDS; its hop mark makes the sidecar it picks answer
+    locally, so the split is Envoy's alone and the answering version is the one it chose."""
+    from tests.control_plane.peers import EnvoyProcess
+
+    cp, sidecars = mesh
+    state = put_route(cp, sidecars, _route({"1": 25, "2": 75, "3": 0}))
+    envoy = EnvoyProcess(tmp_path, cp.xds_port)
+    try:
+        wait_until(lambda: any(n["id"] == "front-envoy" and (n["acked_state_version"] or 0) >= state for n in cp.nodes()),
+                   what="Envoy acknowledging the routes")
+        wait_until(envoy.serves_listener, what="Envoy's listener")
+        answers = Client(envoy.listen_port).many(_bodies(800), threads=4)
+    finally:
+        envoy.stop()
+    assert all(status == 200 and version == body["model_version"] for status, version, body in answers)
+    assert _within_binomial(sum(v == "2" for _, v, _ in answers), 800, 0.75)
