@@ -364,7 +364,8 @@ def test_compare_error_is_a_sidecar_error():
 # --- the real example models --------------------------------------------------------------
 
 def test_example_v3_disagrees_with_v1_on_some_rows_through_every_encoding():
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort  # a dependency; imported here to keep this module's import light
+
     from model_server.examples import tabular_data, tabular_model
 
     features = tabular_data(11, 4000)[0]  # v1's training features, what train.npy holds
