@@ -4,7 +4,6 @@ aiohttp, and the rebuild task; torn down in reverse through one ``AsyncExitStack
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,8 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sidemesh.lifecycle import StackLifecycle
 
 from .admin import build_admin_app
 from .ads import ads_handler
@@ -53,25 +54,14 @@ def _say(message: str) -> None:
     print(f"sidemesh control-plane: {message}", flush=True)
 
 
-class ControlPlaneServer:
+class ControlPlaneServer(StackLifecycle):
     """``async with ControlPlaneServer(config) as cp`` runs it; ports are known after."""
 
     def __init__(self, config: ControlPlaneConfig) -> None:
         self.config = config
         self.admin_port = 0
         self.xds_port = 0
-        self._stack = contextlib.AsyncExitStack()
 
-    async def __aenter__(self) -> "ControlPlaneServer":
-        try:
-            await self._start()
-        except BaseException:
-            await self._stack.aclose()
-            raise
-        return self
-
-    async def __aexit__(self, *exc_info) -> None:
-        await self._stack.aclose()
 
     async def _start(self) -> None:
         cfg = self.config

@@ -8,7 +8,6 @@ per version once it is loaded and warmed up. Teardown runs in reverse through on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -16,6 +15,8 @@ from importlib.metadata import PackageNotFoundError, version as package_version
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+
+from sidemesh.lifecycle import StackLifecycle
 
 from .batcher import BatchPolicy, DynamicBatcher
 from .config import ServerConfig
@@ -43,7 +44,7 @@ def _server_version() -> str:
         return "0+unknown"
 
 
-class ModelServer:
+class ModelServer(StackLifecycle):
     """One running model server. ``async with ModelServer(config) as server`` starts it."""
 
     def __init__(self, config: ServerConfig, registry: CollectorRegistry | None = None) -> None:
@@ -53,18 +54,7 @@ class ModelServer:
         self.service = InferenceService(self.registry, self.metrics, _server_version())
         self.http_port = 0
         self.grpc_port = 0
-        self._stack = contextlib.AsyncExitStack()
 
-    async def __aenter__(self) -> "ModelServer":
-        try:
-            await self._start()
-        except BaseException:
-            await self._stack.aclose()
-            raise
-        return self
-
-    async def __aexit__(self, *exc_info) -> None:
-        await self._stack.aclose()
 
     async def _start(self) -> None:
         cfg = self.config

@@ -16,6 +16,8 @@ import contextlib
 import signal
 import sys
 
+from sidemesh.lifecycle import StackLifecycle
+
 from .admin import AdminHandler
 from .budget import RetryBudget
 from .config import SidecarConfig
@@ -43,7 +45,7 @@ def _addr(address: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class Sidecar:
+class Sidecar(StackLifecycle):
     """One running sidecar: ``async with Sidecar(config) as sidecar``."""
 
     def __init__(self, config: SidecarConfig, span_exporter=None) -> None:
@@ -58,19 +60,8 @@ class Sidecar:
         self.http_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
         self.grpc_address: tuple[str, int] | None = None
-        self._stack = contextlib.AsyncExitStack()
         self._applied = asyncio.Event()
 
-    async def __aenter__(self) -> "Sidecar":
-        try:
-            await self._start()
-        except BaseException:
-            await self._stack.aclose()
-            raise
-        return self
-
-    async def __aexit__(self, *exc_info) -> None:
-        await self._stack.aclose()
 
     # --- assembly ----------------------------------------------------------------------
 
