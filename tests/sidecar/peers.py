@@ -147,6 +147,7 @@ class ScriptedUpstream:
         self.delay_s = 0.0
         self.drop_next = 0  # close the connection without answering, this many times
         self.headers: list[dict] = []
+        self.body_sizes: list[int] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.port = free_port()
@@ -162,9 +163,10 @@ class ScriptedUpstream:
             self.drop_next = drop_next
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        await request.read()
+        body = await request.read()
         with self._lock:
             self.requests += 1
+            self.body_sizes.append(len(body))
             self.headers.append(dict(request.headers))
             status = self.statuses.pop(0) if self.statuses else 200
             delay = self.delay_s
@@ -184,7 +186,7 @@ class ScriptedUpstream:
 
     def _serve(self) -> None:
         self._loop = asyncio.new_event_loop()
-        app = web.Application()
+        app = web.Application(client_max_size=256 << 20)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         self._loop.run_until_complete(self._runner.setup())
