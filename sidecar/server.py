@@ -70,7 +70,7 @@ class Sidecar(StackLifecycle):
         m = self.instruments
         self._stack.callback(self.tracer.shutdown)
         self.pool = UpstreamPool(max_body_bytes=cfg.max_body_bytes)
-        self._stack.callback(self.pool.close)
+        self._stack.push_async_callback(self.pool.aclose)
         self.outliers = OutlierDetector(cfg.outlier, on_eject=lambda c, e: m.ejections.inc(
             (c.name.partition("|")[0], c.name.partition("|")[2], f"{e.host}:{e.port}")))
         self.budget = RetryBudget(cfg.retry_budget)

@@ -67,10 +67,12 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self._pool._open.add(self)
 
     def connection_lost(self, exc) -> None:
         self.transport = None
         self.reusable = False
+        self._pool._open.discard(self)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             if not self._received:
@@ -156,13 +158,19 @@ class UpstreamPool:
         self.max_idle = max_idle_per_upstream
         self.max_body_bytes = max_body_bytes
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._open: set[_Connection] = set()  # idle or busy, until the connection is lost
         self.connects_total = 0
 
-    async def _connect(self, key: tuple[str, int], timeout: float) -> _Connection:
+    async def _connect(self, key: tuple[str, int], connect_timeout: float, remaining: float) -> _Connection:
+        """A new connection. When the request's own time runs out first, that is the
+        request timing out (UpstreamTimeout), not a connect failure."""
+        timeout = min(connect_timeout, remaining)
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await self.loop.create_connection(lambda: _Connection(self, key), key[0], key[1])
         except TimeoutError:
+            if remaining <= connect_timeout:
+                raise UpstreamTimeout(f"{key[0]}:{key[1]} did not answer within {remaining:g} s (still connecting)") from None
             raise ConnectFailed(f"connecting to {key[0]}:{key[1]} timed out after {timeout:g} s") from None
         except OSError as exc:
             reason = errno.errorcode.get(exc.errno, "") if exc.errno else ""
@@ -185,7 +193,7 @@ class UpstreamPool:
         reused = conn is not None
         deadline = self.loop.time() + timeout
         if conn is None:
-            conn = await self._connect(key, min(connect_timeout, timeout))
+            conn = await self._connect(key, connect_timeout, timeout)
         while True:
             waiter = conn.send(data, head_only)
             timer = self.loop.call_at(deadline, _expire, conn, waiter, timeout)
@@ -195,7 +203,7 @@ class UpstreamPool:
                 if not reused:
                     raise
                 reused = False  # a stale idle connection: once more on a fresh one
-                conn = await self._connect(key, min(connect_timeout, max(deadline - self.loop.time(), 0.001)))
+                conn = await self._connect(key, connect_timeout, max(deadline - self.loop.time(), 0.001))
                 continue
             finally:
                 timer.cancel()
@@ -211,11 +219,17 @@ class UpstreamPool:
         return response
 
     def close(self) -> None:
-        for bucket in self._idle.values():
-            for conn in bucket:
-                if conn.transport is not None:
-                    conn.transport.close()
+        """Close every connection, idle or busy (a call still waiting gets UpstreamReset)."""
+        for conn in list(self._open):
+            if conn.transport is not None:
+                conn.transport.close()
         self._idle.clear()
+
+    async def aclose(self) -> None:
+        """``close()``, then one loop turn so the transports finish closing (their
+        connection_lost runs) before the loop may end."""
+        self.close()
+        await asyncio.sleep(0)
 
 
 def _expire(conn: _Connection, waiter: asyncio.Future, timeout: float) -> None:

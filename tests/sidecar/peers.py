@@ -121,10 +121,14 @@ class SidecarProcess:
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        return self.wait_exit()
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """Wait for the process to end on its own (killing it after ``timeout``)."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
         code = self.proc.wait()
         self._pumped.wait(10)
         self.proc.stdout.close()

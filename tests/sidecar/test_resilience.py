@@ -5,6 +5,7 @@ scripted upstreams (static endpoints), and requests enter a sidecar of model ``m
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
@@ -42,9 +43,15 @@ def _route(cp, endpoints: list[str], **extra) -> None:
 def _sidecar(cp, local: ScriptedUpstream, *args: str) -> SidecarProcess:
     sidecar = SidecarProcess("m", "edge", local.address, control_plane=f"127.0.0.1:{cp.xds_port}",
                              extra_args=["--static-after", "never", *args]).start()
-    status_version = cp.api("GET", "/v1/routes/m")[1]["version"]
-    wait_until(lambda: (json.loads(sidecar.admin("/config_dump")[2])["table"]["routes"].get("m") or {}).get("state_version") == status_version,
-               what="the sidecar applying the route")
+    doc = cp.api("GET", "/v1/routes/m")[1]
+    endpoints = {e for b in doc["route"]["backends"] if b["version"] == "1" for e in b.get("endpoints", [])}
+
+    def applied() -> bool:
+        table = json.loads(sidecar.admin("/config_dump")[2])["table"]
+        route = table["routes"].get("m") or {}
+        return route.get("state_version") == doc["version"] and set(table["clusters"]["m|1"]["endpoints"]) == endpoints
+
+    wait_until(applied, what="the sidecar applying the route and its endpoints")
     return sidecar
 
 
@@ -60,7 +67,7 @@ def test_a_route_timeout_answers_504_saying_so_long_before_the_upstream_would(cp
         started = time.monotonic()
         status, headers, body = sidecar.infer()
         took = time.monotonic() - started
-    assert status == 504 and "did not answer in time" in _error(body) and headers["x-sidemesh-version"] == "1"
+    assert status == 504 and "did not answer in time" in _error(body) and headers["x-sidemesh-version"] == "1", body
     assert took < 2.5
 
 
@@ -101,8 +108,8 @@ def test_the_retry_budget_caps_retries_when_everything_fails(cp, upstreams):
         with ThreadPoolExecutor(30) as pool:
             statuses = list(pool.map(lambda _: sidecar.infer()[0], range(60)))
         m = sidecar.metrics()
-    assert statuses == [500] * 60
-    assert total(m, "sidemesh_retry_budget_exhausted_total") > 0
+    assert statuses == [500] * 60, statuses
+    assert total(m, "sidemesh_retry_budget_exhausted_total") > 0, m
     # without a budget 60 requests x 4 tries would reach the upstream
     assert a.requests < 60 * 4
 
@@ -158,13 +165,13 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_cleanly(
     inflight.start()
     wait_until(lambda: a.requests == 1, what="a request in flight")
     sidecar.proc.send_signal(signal.SIGTERM)
-    sidecar.wait_for(__import__("re").compile("draining"))
+    sidecar.wait_for(re.compile("draining"))
     assert sidecar.admin("/healthz/ready")[0] == 503
     status, headers, body = sidecar.infer()
     assert status == 503 and "shutting down" in _error(body) and headers.get("connection") == "close"
     inflight.join(10)
     assert result["answer"][0] == 200
-    assert sidecar.stop() == 0
+    assert sidecar.wait_exit() == 0
 
 
 def test_without_a_control_plane_the_static_fallback_serves_the_local_upstream(upstreams):
