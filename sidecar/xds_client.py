@@ -6,7 +6,9 @@ table (``translate.build_table`` checks everything), hand it to ``on_table`` and
 ACK; a resource the sidecar cannot apply is NACKed with the reason in ``error_detail`` and
 the last good resources stay in force. The first table goes out once a route
 configuration has arrived: before that the sidecar is not ready, and clusters or
-endpoints alone are only staged.
+endpoints alone are only staged. A table is applied only when every EDS cluster has its
+endpoints (warming): until then the update is ACKed and staged, and the table in force
+keeps serving.
 
 Subscriptions follow Envoy: Listeners and Clusters by wildcard; RouteConfigurations by
 the names the listener's connection manager gives (``sidemesh_routes`` before a listener
@@ -199,7 +201,7 @@ class XdsClient:
             received = decode_all(type_url, response.resources)
             staged = {**self._accepted, type_url: self._merge(type_url, received)}
             table = build_table(staged, {**self.applied_versions, type_url: response.version_info})
-            if table != self.table and (self.table is not None or self._has_routes(staged)):
+            if table != self.table and self._warm(staged) and (self.table is not None or self._has_routes(staged)):
                 self._on_table(table)  # applied before the ACK says so
                 self.table = table
         except (ConfigError, DecodeError) as exc:
@@ -254,6 +256,14 @@ class XdsClient:
         names = set(self._names(type_url))
         if type_url in self._accepted and names:
             self._accepted[type_url] = {n: m for n, m in self._accepted[type_url].items() if n in names}
+
+    @staticmethod
+    def _warm(staged: dict[str, dict[str, Message]]) -> bool:
+        """Every EDS cluster has its assignment (Envoy's cluster warming). A route that
+        arrives before the endpoints of a new cluster it uses is held, not applied, until
+        they come: the table in force keeps serving instead of answering 503s."""
+        assignments = staged.get(ENDPOINT, {})
+        return all(name in assignments for name, c in staged.get(CLUSTER, {}).items() if c.type == EnvoyCluster.EDS)
 
     def _has_routes(self, staged: dict[str, dict[str, Message]]) -> bool:
         wanted = route_config_names(staged.get(LISTENER, {}))

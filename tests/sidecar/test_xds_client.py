@@ -347,7 +347,8 @@ def test_a_new_stream_announces_the_versions_last_applied():
                 await ads.request()
             clusters, assignments, routes = _state(TWO)
             ads.respond(CLUSTER, clusters, "c1", "1")
-            ads.respond(ROUTE, [routes], "r1", "2")
+            ads.respond(ENDPOINT, assignments, "e1", "2")
+            ads.respond(ROUTE, [routes], "r1", "3")
             await tables.until(lambda t: weights(t) == {"v1": 90, "v2": 10}, "the first table")
             await ads.server.stop(0)  # the stream breaks
             await eventually(lambda: not client.connected, "the client to notice")
@@ -357,10 +358,35 @@ def test_a_new_stream_announces_the_versions_last_applied():
                 while len(first) < 4:
                     request = await again.request()
                     first.setdefault(request.type_url, request)
-                assert {t: r.version_info for t, r in first.items()} == {CLUSTER: "c1", ENDPOINT: "", LISTENER: "", ROUTE: "r1"}
+                assert {t: r.version_info for t, r in first.items()} == {CLUSTER: "c1", ENDPOINT: "e1", LISTENER: "", ROUTE: "r1"}
                 assert first[ENDPOINT].resource_names == ["tabular|v1", "tabular|v2"]
                 assert first[CLUSTER].node.id == "sidecar-tabular-v1"
                 assert tables.seen[-1].routes, "the table was dropped while disconnected"
+
+    asyncio.run(body())
+
+
+def test_a_route_is_held_until_the_endpoints_of_its_clusters_arrive():
+    """Cluster warming: routes that arrive before their clusters' endpoints (a new sidecar
+    asks for endpoints only once it knows the clusters) do not make a table with empty
+    clusters, which would answer 503s; the table goes out when the endpoints come."""
+    async def body():
+        tables = Tables()
+        async with ScriptedAds() as ads, running(XdsClient(config(ads.port), tables)):
+            for _ in range(3):
+                await ads.request()
+            clusters, assignments, routes = _state(TWO)
+            ads.respond(CLUSTER, clusters, "c1", "1")
+            ads.respond(ROUTE, [routes], "r1", "2")
+            acked = set()
+            while ROUTE not in acked:
+                request = await ads.request()
+                if request.response_nonce:
+                    acked.add(request.type_url)
+            assert tables.seen == [], "a table with clusters but no endpoints went out"
+            ads.respond(ENDPOINT, assignments, "e1", "3")
+            table = await tables.until(lambda t: weights(t) == {"v1": 90, "v2": 10}, "the warmed table")
+            assert table.clusters["tabular|v1"].endpoints == (Endpoint("127.0.0.1", 25001, 25002),)
 
     asyncio.run(body())
 
