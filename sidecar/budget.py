@@ -6,7 +6,7 @@ down for everyone, retries cannot multiply the load on what is left.
 
 from __future__ import annotations
 
-__all__ = ["RetryBudget"]
+__all__ = ["RetryBudget", "RetryGate"]
 
 
 class RetryBudget:
@@ -27,3 +27,34 @@ class RetryBudget:
 
     def release(self) -> None:
         self.active -= 1
+
+
+class RetryGate:
+    """One request's retries against the shared budget: ``allow()`` before each retry holds a
+    budget slot for that try (giving back the previous one); ``close()`` gives back the last.
+    ``refused`` tells a retry the budget turned down from one the route did not allow."""
+
+    __slots__ = ("_budget", "_in_flight", "_left", "_held", "refused")
+
+    def __init__(self, budget: RetryBudget, retries: int, in_flight) -> None:
+        self._budget = budget
+        self._in_flight = in_flight
+        self._left = retries
+        self._held = False
+        self.refused = False
+
+    def allow(self) -> bool:
+        self.close()
+        if self._left <= 0:
+            return False
+        if not self._budget.acquire(self._in_flight()):
+            self.refused = True
+            return False
+        self._left -= 1
+        self._held = True
+        return True
+
+    def close(self) -> None:
+        if self._held:
+            self._budget.release()
+            self._held = False

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-from .budget import RetryBudget
+from .budget import RetryBudget, RetryGate
 from .errors import ConnectFailed, UpstreamError, UpstreamReset, UpstreamTimeout
 from .http1 import Response, error_response
 from .instruments import Instruments
@@ -70,8 +70,7 @@ class Forwarder:
         where = "local" if decision.local else "remote"
         labels = (model_label, decision.version)
         endpoint: Endpoint | None = None
-        attempt = 0
-        retrying = False
+        gate = RetryGate(self.budget, retry.retries, self._in_flight)
         try:
             while True:
                 if decision.local:
@@ -101,20 +100,13 @@ class Forwarder:
                         self.outliers.record(cluster, endpoint, failed=response.status >= 500)
                     reason = _retryable(retry.on, response.status) if response.status >= 409 else None
                     outcome = response
-                if reason is None or attempt >= retry.retries or deadline - self._loop.time() <= 0:
+                if reason is None or deadline - self._loop.time() <= 0 or not gate.allow():
+                    if gate.refused:
+                        self.instruments.retries_refused.inc(labels)
                     return outcome if isinstance(outcome, UpstreamResponse) else self._failure(outcome, decision, model_label, timeout)
-                if retrying:
-                    self.budget.release()
-                    retrying = False
-                if not self.budget.acquire(self._in_flight()):
-                    self.instruments.retries_refused.inc(labels)
-                    return outcome if isinstance(outcome, UpstreamResponse) else self._failure(outcome, decision, model_label, timeout)
-                retrying = True
-                attempt += 1
                 self.instruments.retries.inc(labels + (reason,))
         finally:
-            if retrying:
-                self.budget.release()
+            gate.close()
 
     def _failure(self, exc: UpstreamError, decision: Decision, model: str, timeout: float) -> Response:
         what = f"version {decision.version!r} of model {model!r}"

@@ -15,8 +15,9 @@ import time
 
 import grpc
 
-from .budget import RetryBudget
+from .budget import RetryBudget, RetryGate
 from .config import SidecarConfig
+from .forward import DEFAULT_TIMEOUT_S
 from .instruments import Instruments
 from .mirror import Mirror, MirrorJob, ShadowAnswer
 from .outlier import OutlierDetector
@@ -161,7 +162,7 @@ class GrpcProxy:
             await context.abort(C.UNAVAILABLE, "the sidecar has no routing configuration yet (waiting for the control plane)")
         metadata = [(k, v) for k, v in context.invocation_metadata() if not k.startswith(":")]
         model, path_version = (None, None) if method in _SERVER_SCOPED else scan_model_fields(request)
-        label = self._label(model)
+        label = router.label(model)
 
         def header(name: bytes):
             key = name.decode()
@@ -222,15 +223,15 @@ class GrpcProxy:
 
     async def _forward(self, method: str, request: bytes, metadata: list, decision, label: str, cluster):
         route = decision.route
-        timeout = route.timeout_s if route is not None else 30.0
+        timeout = route.timeout_s if route is not None else DEFAULT_TIMEOUT_S
         retry = route.retry if route is not None else None
-        attempts = 1 + (retry.retries if retry is not None else 0)
         deadline = time.monotonic() + timeout
         endpoint: Endpoint | None = None
-        retrying = False
+        gate = RetryGate(self.budget, retry.retries if retry is not None else 0, self._total_in_flight)
         where = "local" if cluster is None else "remote"
+        labels = (label, decision.version)
         try:
-            for attempt in range(attempts):
+            while True:
                 if cluster is None:
                     host, port = self.config.upstream_grpc
                 else:
@@ -247,24 +248,17 @@ class GrpcProxy:
                 else:
                     code, error = C.OK, None
                 elapsed = time.perf_counter() - started
-                self.m.upstream_duration.observe((label, decision.version, where), elapsed)
+                self.m.upstream_duration.observe(labels + (where,), elapsed)
                 if endpoint is not None:
                     self.outliers.record(cluster, endpoint, failed=code in (C.UNAVAILABLE, C.INTERNAL, C.UNKNOWN))
                 reason = self._retryable(code, retry)
-                if reason is None or attempt + 1 >= attempts or time.monotonic() >= deadline:
+                if reason is None or time.monotonic() >= deadline or not gate.allow():
+                    if gate.refused:
+                        self.m.retries_refused.inc(labels)
                     return code, response, error, elapsed
-                if retrying:
-                    self.budget.release()
-                    retrying = False
-                if not self.budget.acquire(self._total_in_flight()):
-                    self.m.retries_refused.inc((label, decision.version))
-                    return code, response, error, elapsed
-                retrying = True
-                self.m.retries.inc((label, decision.version, reason))
-            return code, response, error, elapsed
+                self.m.retries.inc(labels + (reason,))
         finally:
-            if retrying:
-                self.budget.release()
+            gate.close()
 
     @staticmethod
     def _retryable(code: grpc.StatusCode, retry) -> str | None:
@@ -281,15 +275,8 @@ class GrpcProxy:
             return "gateway-error"
         return None
 
-    def _label(self, model: str | None) -> str:
-        if model is None:
-            return self.router.model
-        table = self.router.table
-        return model if model == self.router.model or (table is not None and model in table.routes) else "_other"
-
     def _record(self, label: str, version: str, code: grpc.StatusCode, received: float) -> None:
-        self.m.requests.inc((label, version, HTTP_EQUIVALENT.get(code, "500")))
-        self.m.duration.observe((label, version), time.perf_counter() - received)
+        self.m.answered(label, version, HTTP_EQUIVALENT.get(code, "500"), time.perf_counter() - received)
 
     async def _send_shadow(self, job: MirrorJob, endpoint: Endpoint, timeout: float, traceparent: bytes | None) -> ShadowAnswer:
         drop = _DROP_METADATA if traceparent is not None else _DROP_METADATA - {"traceparent"}

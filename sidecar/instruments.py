@@ -35,3 +35,8 @@ class Instruments:
         self.latency_delta = m.histogram(
             "sidemesh_mirror_latency_delta_seconds", "Shadow latency minus primary latency (negative: the shadow was faster). With negative buckets "
             "there is no _sum or _count (OpenMetrics); the +Inf bucket is the count.", _MIRROR, DELTA_BUCKETS)
+
+    def answered(self, model: str, version: str, code: str, seconds: float) -> None:
+        """One request answered (by the proxy or by the sidecar itself)."""
+        self.requests.inc((model, version, code))
+        self.duration.observe((model, version), seconds)

@@ -24,13 +24,12 @@ from .mirror import Mirror, MirrorJob
 from .router import VERSION_HEADER, RouteRefused, Router
 from .upstream import encode_request
 
-__all__ = ["RestProxy", "parse_model_path", "OTHER_MODEL"]
+__all__ = ["RestProxy", "parse_model_path"]
 
 _MODELS = b"/v2/models/"
 _SKIP = HOP_BY_HOP
 _SKIP_TRACED = HOP_BY_HOP | {b"traceparent"}
 _RESPONSE_SKIP = HOP_BY_HOP | {VERSION_HEADER}
-OTHER_MODEL = "_other"  # the model label for paths naming no routed model (bounds label values)
 
 
 def parse_model_path(path: bytes) -> tuple[bytes | None, bytes | None, bytes]:
@@ -71,16 +70,10 @@ class RestProxy:
         finally:
             self.in_flight -= 1
 
-    def model_label(self, model: str | None) -> str:
-        if model is None:  # server-level paths (health, metadata) are the local model server's
-            return self.router.model
-        table = self.router.table
-        return model if model == self.router.model or (table is not None and model in table.routes) else OTHER_MODEL
-
     async def _proxy(self, request: Request) -> Response:
         model_b, version_b, op = parse_model_path(request.path)
         model = model_b.decode("latin-1") if model_b is not None else None
-        label = self.model_label(model)
+        label = self.router.label(model)
         try:
             decision = self.router.decide(model, version_b.decode("latin-1") if version_b else None, request.header)
         except RouteRefused as exc:
@@ -134,6 +127,5 @@ class RestProxy:
         code = self._codes.get(status)
         if code is None:
             code = self._codes[status] = str(status)
-        self.m.requests.inc((label, version, code))
-        self.m.duration.observe((label, version), time.perf_counter() - request.received)
+        self.m.answered(label, version, code, time.perf_counter() - request.received)
         return response

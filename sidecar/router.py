@@ -22,12 +22,13 @@ from typing import Callable
 
 from .table import Cluster, MirrorTarget, ModelRoute, RoutingTable, Target, cluster_name
 
-__all__ = ["Decision", "RouteRefused", "Router", "HOP_HEADER", "PIN_HEADER", "SHADOW_HEADER", "VERSION_HEADER"]
+__all__ = ["Decision", "RouteRefused", "Router", "HOP_HEADER", "PIN_HEADER", "SHADOW_HEADER", "VERSION_HEADER", "OTHER_MODEL"]
 
 HOP_HEADER = b"x-sidemesh-hop"
 PIN_HEADER = b"x-sidemesh-version"  # request: pin a version
 VERSION_HEADER = b"x-sidemesh-version"  # response: the version that answered
 SHADOW_HEADER = b"x-sidemesh-shadow"
+OTHER_MODEL = "_other"  # the metrics label for a model that is neither routed nor ours (bounds label values)
 
 
 class RouteRefused(Exception):
@@ -93,6 +94,14 @@ class Router:
             f"{where} names version {version!r} of model {route.model!r}, which the routing table has no backend for; "
             f"known versions: {', '.join(known)}",
         )
+
+    def label(self, model: str | None) -> str:
+        """The ``model`` label of a request's metrics. Server-level requests (health,
+        metadata) belong to the local model server's model."""
+        if model is None or model == self.model:
+            return self.model
+        table = self.table
+        return model if table is not None and model in table.routes else OTHER_MODEL
 
     def mirrors(self, route: ModelRoute) -> list[MirrorTarget]:
         """The shadows that get a copy of this request (each by its own share)."""

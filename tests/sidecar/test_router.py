@@ -108,3 +108,8 @@ def test_each_mirror_gets_its_share_of_requests():
     n = 20_000
     copies = sum(len(router.mirrors(route)) for _ in range(n))
     assert abs(copies - n / 4) < 5 * math.sqrt(n * 0.25 * 0.75)
+
+
+def test_metric_labels_name_routed_models_and_our_own_and_bucket_the_rest():
+    router = _router(_table({"1": 100}))
+    assert [router.label(m) for m in ("m", None, "unknown-from-a-client")] == ["m", "m", "_other"]
