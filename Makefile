@@ -45,6 +45,8 @@ proto: $(STAMP)
 	# These stay in protobuf's default pool: nothing else registers envoy.* names there.
 	$(BIN)/python -m grpc_tools.protoc -I . -I "$$($(BIN)/python -c 'import google.rpc.status_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])')" \
 	  --python_out=. --pyi_out=. sidecar/proto/*.proto
+	# The stats stream between sidecars and the drift detector (default pool, sidemesh.* names).
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. drift/proto/stats.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -51,6 +51,20 @@ def build_parser(prog: str = "sidemesh sidecar") -> argparse.ArgumentParser:
     p.add_argument("--trace-sample", type=float, default=0.01, metavar="SHARE",
                    help="share of requests traced when no sampled traceparent arrives (default 0.01; spans are only made with --otlp-endpoint)")
     p.add_argument("--otlp-endpoint", metavar="URL", help="send spans over OTLP/gRPC to this collector (e.g. http://127.0.0.1:4317); tracing is off without it")
+    stats = p.add_argument_group("input statistics", "sampled input tensors summarized per feature and streamed to the drift detector")
+    stats.add_argument("--drift", metavar="HOST:PORT", help="the drift detector's stats stream (e.g. 127.0.0.1:9001); "
+                       "without it no input statistics are gathered")
+    stats.add_argument("--stats-interval", type=float, default=5.0, metavar="SECONDS",
+                       help="how often a report of the statistics gathered goes to the detector (default 5)")
+    stats.add_argument("--stats-sample", type=float, default=1.0, metavar="SHARE",
+                       help="share of this version's answered infer requests tapped at most; a route's stats_sample "
+                       "from the control plane lowers it further (default 1: all)")
+    stats.add_argument("--stats-cpu-budget", type=float, default=0.05, metavar="SHARE",
+                       help="share of one core the tap may spend decoding and summarizing; over it, requests are not "
+                       "tapped (counted) until it recovers (default 0.05)")
+    stats.add_argument("--stats-queue-bytes", type=int, default=16 << 20, metavar="BYTES",
+                       help="reports kept while the detector is away or has not acknowledged them; the oldest are "
+                       "dropped and counted past it (default 16 MiB)")
     return p
 
 
@@ -76,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             max_body_bytes=args.max_body_bytes, drain_timeout_s=args.drain_timeout, connect_timeout_s=args.connect_timeout,
             outlier=_outlier(OutlierPolicy, args), retry_budget=args.retry_budget,
             mirror=_mirror(MirrorConfig, args), trace_sample=args.trace_sample, otlp_endpoint=args.otlp_endpoint,
+            drift=addr(args.drift, "--drift"), stats_interval_s=args.stats_interval, stats_sample=args.stats_sample,
+            stats_cpu_budget=args.stats_cpu_budget, stats_queue_bytes=args.stats_queue_bytes,
         )
         import uvloop
 

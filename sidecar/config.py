@@ -30,6 +30,9 @@ def parse_host_port(text: str, flag: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+_MIN_STATS_QUEUE = 64 << 10  # a few reports of a few inputs
+
+
 def _positive(value: float, flag: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ConfigError(flag, f"expected a positive number, got {value!r}")
@@ -58,6 +61,11 @@ class SidecarConfig:
     mirror: MirrorConfig = field(default_factory=MirrorConfig)
     trace_sample: float = 0.01
     otlp_endpoint: str | None = None
+    drift: tuple[str, int] | None = None  # the drift detector's stats stream; None: no input statistics
+    stats_interval_s: float = 5.0
+    stats_sample: float = 1.0  # caps each route's stats_sample share
+    stats_cpu_budget: float = 0.05  # share of one core
+    stats_queue_bytes: int = 16 << 20
 
     def __post_init__(self) -> None:
         for flag, value in (("--model", self.model), ("--version", self.version)):
@@ -75,6 +83,13 @@ class SidecarConfig:
             raise ConfigError("--retry-budget", f"expected a share between 0 and 1, got {self.retry_budget!r}")
         if not 0 <= self.trace_sample <= 1:
             raise ConfigError("--trace-sample", f"expected a share between 0 and 1, got {self.trace_sample!r}")
+        _positive(self.stats_interval_s, "--stats-interval")
+        if not 0 <= self.stats_sample <= 1:
+            raise ConfigError("--stats-sample", f"expected a share between 0 and 1, got {self.stats_sample!r}")
+        if not 0 <= self.stats_cpu_budget <= 1:
+            raise ConfigError("--stats-cpu-budget", f"expected a share of one core between 0 and 1, got {self.stats_cpu_budget!r}")
+        if isinstance(self.stats_queue_bytes, bool) or self.stats_queue_bytes < _MIN_STATS_QUEUE:
+            raise ConfigError("--stats-queue-bytes", f"expected at least {_MIN_STATS_QUEUE} bytes, got {self.stats_queue_bytes!r}")
         if self.grpc_listen is None and self.upstream_grpc is not None:
             object.__setattr__(self, "grpc_listen", ("127.0.0.1", 15002))
         if not self.node_id:

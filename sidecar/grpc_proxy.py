@@ -3,7 +3,8 @@
 grpcio hands every call to one generic handler with no deserializer, so messages stay
 bytes end to end. Routing needs the model name and version: they are fields 1 and 2 of
 every model-scoped V2 request, and protobuf writes fields in number order, so a scan of
-the first bytes finds them without decoding the message. The answer carries the
+the first bytes finds them without decoding the message (the statistics tap decodes a
+sampled ``ModelInfer`` later, off the path). The answer carries the
 ``x-sidemesh-version`` initial metadata. Failures map to gRPC codes with a message that
 says why; metrics record the HTTP status equivalent (as gRPC-Gateway maps them) so one
 error-ratio query covers both protocols.
@@ -97,7 +98,7 @@ def with_version(message: bytes, version: bytes) -> bytes:
 
 class GrpcProxy:
     def __init__(self, config: SidecarConfig, router: Router, outliers: OutlierDetector, budget: RetryBudget,
-                 mirror: Mirror, instruments: Instruments, in_flight, tracer=None) -> None:
+                 mirror: Mirror, instruments: Instruments, in_flight, tracer=None, tap=None) -> None:
         self.config = config
         self.router = router
         self.outliers = outliers
@@ -111,6 +112,7 @@ class GrpcProxy:
         self._options = [("grpc.max_receive_message_length", config.max_body_bytes),
                          ("grpc.max_send_message_length", config.max_body_bytes)]
         self.tracer = tracer if tracer is not None and tracer.enabled else None
+        self.tap = tap  # tap.StatsTap, with --drift
         mirror.grpc_sender = self._send_shadow
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -219,6 +221,8 @@ class GrpcProxy:
                 ))
         if code != C.OK:
             await context.abort(code, error)
+        if self.tap is not None and decision.local and method == _INFER and model == router.model:
+            self.tap.offer(original, None)
         return response
 
     async def _forward(self, method: str, request: bytes, metadata: list, decision, label: str, cluster):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .metrics import DELTA_BUCKETS, DIFF_BUCKETS, MetricSet
 
-__all__ = ["Instruments"]
+__all__ = ["Instruments", "StatsInstruments"]
 
 _MV = ("model", "version")
 _MIRROR = ("model", "version", "shadow_version")
@@ -40,3 +40,24 @@ class Instruments:
         """One request answered (by the proxy or by the sidecar itself)."""
         self.requests.inc((model, version, code))
         self.duration.observe((model, version), seconds)
+
+
+class StatsInstruments:
+    """The input-statistics tap and stream (``--drift``); made only when it is on, so a
+    sidecar without it exports none of these."""
+
+    def __init__(self, metrics: MetricSet) -> None:
+        m = metrics
+        self.sampled = m.counter("sidemesh_stats_sampled_total", "Requests whose input tensors were added to the statistics.", _MV)
+        self.skipped = m.counter(
+            "sidemesh_stats_skipped_total", "Requests eligible for the statistics but not added, by reason: sample (not in the "
+            "sampled share), cpu_budget, queue_full, too_large (bodies waiting to be decoded), undecodable.", _MV + ("reason",))
+        self.tap_seconds = m.counter("sidemesh_stats_tap_seconds_total", "CPU time the tap spent decoding bodies and building "
+                                     "statistics.", ())
+        self.reports_sent = m.counter("sidemesh_stats_reports_sent_total", "Statistics reports written to the drift detector's stream "
+                                      "(a report resent after a reconnect counts again).", ())
+        self.reports_acked = m.counter("sidemesh_stats_reports_acked_total", "Reports the drift detector acknowledged as applied.", ())
+        self.reports_rejected = m.counter("sidemesh_stats_reports_rejected_total", "Reports the drift detector refused (acknowledged "
+                                          "with an error); they are not sent again.", ())
+        self.reports_dropped = m.counter("sidemesh_stats_reports_dropped_total", "Reports dropped unsent or unacknowledged, oldest "
+                                         "first, because the queue was full (the drift detector was away or slow).", ())

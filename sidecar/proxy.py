@@ -10,7 +10,9 @@
    served locally without a version in its path is sent as ``/v2/models/M/versions/V/...``,
    so a model server holding several versions answers with this sidecar's;
 6. record: counters and histograms (dictionary updates), then hand the finished exchange
-   to the mirror queue when a shadow gets a copy. Comparison happens there, later.
+   to the mirror queue when a shadow gets a copy, and an infer request this sidecar served
+   with a 200 for its own model to the statistics tap (``tap.StatsTap.offer``: a sampling
+   decision and an append). Comparison and decoding happen there, later.
 """
 
 from __future__ import annotations
@@ -44,13 +46,14 @@ def parse_model_path(path: bytes) -> tuple[bytes | None, bytes | None, bytes]:
 
 class RestProxy:
     def __init__(self, router: Router, forwarder: Forwarder, mirror: Mirror, instruments: Instruments,
-                 max_concurrent: int, tracer=None) -> None:
+                 max_concurrent: int, tracer=None, tap=None) -> None:
         self.router = router
         self.forwarder = forwarder
         self.mirror = mirror
         self.m = instruments
         self.max_concurrent = max_concurrent
         self.tracer = tracer if tracer is not None and tracer.enabled else None
+        self.tap = tap  # tap.StatsTap, with --drift
         self.in_flight = 0
         self._codes: dict[int, str] = {}
         self._own_prefix = b"/v2/models/" + router.model.encode()
@@ -120,6 +123,8 @@ class RestProxy:
                     response.status, response.headers, response.body,
                     elapsed if elapsed is not None else time.perf_counter() - request.received, span,
                 ))
+        if self.tap is not None and decision.local and response.status == 200 and op == b"infer" and model == self.router.model:
+            self.tap.offer(request.body, request.headers)
         return self._record(label, version, response, request)
 
     def _record(self, label: str, version: str, response: Response, request: Request) -> Response:

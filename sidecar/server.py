@@ -1,5 +1,5 @@
 """Assembles and runs the sidecar: routing, the REST and gRPC proxies, mirroring, the admin
-port and the xDS client.
+port, the xDS client and, with ``--drift``, the input-statistics tap and its stream.
 
 Listeners open first (liveness answers at once); readiness waits for the first routing
 table, from the control plane or, after ``static_after_s``, the static fallback (every
@@ -57,6 +57,8 @@ class Sidecar(StackLifecycle):
                                            model=config.model, version=config.version), exporter=span_exporter)
         self.draining = False
         self.xds = None
+        self.tap = None  # the input-statistics tap, with --drift
+        self.stats_client = None
         self.http_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
         self.grpc_address: tuple[str, int] | None = None
@@ -76,12 +78,14 @@ class Sidecar(StackLifecycle):
         self.budget = RetryBudget(cfg.retry_budget)
         self.mirror = Mirror(cfg.mirror, self.pool, self.outliers, m, self.tracer)
         self.forwarder = Forwarder(self.pool, cfg.upstream, self.outliers, self.budget, m, self.in_flight, cfg.connect_timeout_s)
-        self.proxy = RestProxy(self.router, self.forwarder, self.mirror, m, cfg.max_concurrent, self.tracer)
-        self.grpc_proxy = None
         self._gauges()
 
         self.mirror.start()
         self._stack.push_async_callback(self.mirror.stop)
+        if cfg.drift is not None:  # stopped after the listeners close, so the last window still goes out
+            self._start_stats()
+        self.proxy = RestProxy(self.router, self.forwarder, self.mirror, m, cfg.max_concurrent, self.tracer, self.tap)
+        self.grpc_proxy = None
         limits = ServerLimits(max_body_bytes=cfg.max_body_bytes)
         self.http = HttpServer(self.proxy.handle, limits, self._handler_error)
         self.http_address = await self.http.start(*cfg.listen)
@@ -89,7 +93,8 @@ class Sidecar(StackLifecycle):
         if cfg.grpc_listen is not None:
             from .grpc_proxy import GrpcProxy
 
-            self.grpc_proxy = GrpcProxy(cfg, self.router, self.outliers, self.budget, self.mirror, m, self.in_flight, self.tracer)
+            self.grpc_proxy = GrpcProxy(cfg, self.router, self.outliers, self.budget, self.mirror, m, self.in_flight, self.tracer,
+                                        self.tap)
             self.grpc_address = await self.grpc_proxy.start(*cfg.grpc_listen)
             self._stack.push_async_callback(self.grpc_proxy.stop, cfg.drain_timeout_s)
         admin = AdminHandler(self.metrics, self.readiness, self.config_dump)
@@ -121,6 +126,33 @@ class Sidecar(StackLifecycle):
             timer = asyncio.get_running_loop().call_later(cfg.static_after_s, self._fallback)
             self._stack.callback(timer.cancel)
         _say(f"waiting for routes from the control plane at {_addr(cfg.control_plane)}")
+
+    def _start_stats(self) -> None:
+        """The input-statistics tap and its stream to the drift detector (imported only here)."""
+        import secrets
+
+        from .instruments import StatsInstruments
+        from .stats_client import StatsClient, StatsClientConfig
+        from .tap import StatsTap, TapConfig
+
+        cfg = self.config
+        m = StatsInstruments(self.metrics)
+        self.stats_client = StatsClient(StatsClientConfig(
+            target=_addr(cfg.drift), source=f"{cfg.node_id}/{secrets.token_hex(4)}", queue_bytes=cfg.stats_queue_bytes), m)
+        self.tap = StatsTap(TapConfig(sample=cfg.stats_sample, cpu_budget=cfg.stats_cpu_budget, interval_s=cfg.stats_interval_s),
+                            self.router, m, self.stats_client.submit)
+        self.stats_client.start()
+        self._stack.push_async_callback(self.stats_client.stop)
+        self.tap.start()
+        self._stack.push_async_callback(self.tap.stop)
+        g = self.metrics.gauge
+        g("sidemesh_stats_queue_bytes", "Statistics reports queued for the drift detector (unsent or unacknowledged).", (),
+          lambda: [((), float(self.stats_client.queue_bytes))])
+        g("sidemesh_stats_pending_bytes", "Request bodies waiting to be decoded by the statistics tap.", (),
+          lambda: [((), float(self.tap.pending_bytes))])
+        g("sidemesh_stats_connected", "1 while the stats stream to the drift detector is up.", (),
+          lambda: [((), 1.0 if self.stats_client.connected else 0.0)])
+        _say(f"input statistics to the drift detector at {_addr(cfg.drift)} every {cfg.stats_interval_s:g} s")
 
     def _gauges(self) -> None:
         g = self.metrics.gauge
@@ -177,9 +209,16 @@ class Sidecar(StackLifecycle):
                    "applied_state_version": x.applied_state_version, "acks_total": x.acks_total,
                    "nacks_total": x.nacks_total, "reconnects_total": x.reconnects_total,
                    "last_nack": x.last_nack, "last_error": x.last_error}
+        stats = None
+        if self.stats_client is not None:
+            c = self.stats_client
+            stats = {"drift": _addr(self.config.drift), "source": c.config.source, "connected": c.connected,
+                     "queued_reports": len(c.pending()), "queue_bytes": c.queue_bytes, "dropped_reports": c.dropped,
+                     "last_error": c.last_error, "pending_bodies": self.tap.pending(), "over_cpu_budget": self.tap.over_budget}
         table = self.router.table
         return {"model": self.config.model, "version": self.config.version, "node_id": self.config.node_id,
-                "ready": self.readiness() is None, "table": table.to_dict() if table is not None else None, "xds": xds}
+                "ready": self.readiness() is None, "table": table.to_dict() if table is not None else None, "xds": xds,
+                "stats": stats}
 
     async def wait_applied(self) -> None:
         await self._applied.wait()

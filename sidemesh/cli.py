@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model-server": ("model_server.cli:main", "serve ONNX models over the V2 inference protocol (REST and gRPC)"),
     "control-plane": ("control_plane.cli:main", "keep the routing state and serve it over xDS and an admin API"),
     "sidecar": ("sidecar.cli:main", "proxy a model server's traffic: split, mirror and compare, retry, measure"),
+    "drift": ("drift.cli:main", "detect input drift from sidecars' statistics and alert (`drift reference`: give it references)"),
     "split": ("control_plane.commands:split_main", "set the traffic split between a model's versions"),
     "mirror": ("control_plane.commands:mirror_main", "copy a share of a model's requests to a shadow version"),
     "routes": ("control_plane.commands:routes_main", "show the desired routing and which nodes applied it"),
