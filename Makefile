@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.model_server_bench
 	$(BIN)/python -m bench.control_plane_bench
 	$(BIN)/python -m bench.sidecar_bench
+	$(BIN)/python -m bench.tap_bench
+	$(BIN)/python -m bench.drift_detector_bench
 
 # The V2 messages go into a private descriptor pool: Triton's client registers the same
 # `inference.*` names in protobuf's default pool, and a process holding both would fail.

@@ -50,11 +50,11 @@ Sink = Callable[[list[stats_pb2.InputStats], float, float], None]
 @dataclass(frozen=True)
 class TapConfig:
     sample: float = 1.0  # share of eligible requests tapped at most (the route's share is capped by it)
-    cpu_budget: float = 0.05  # share of one core the worker may spend, per second
+    cpu_budget: float = 0.01  # share of one core the worker may spend, per second
     interval_s: float = 5.0  # how often a window of statistics goes to the sink
     max_pending: int = 1024  # bodies waiting to be decoded at most
     max_pending_bytes: int = 16 << 20
-    batch: int = 128  # bodies decoded between two yields to the event loop at most
+    batch: int = 32  # bodies decoded between two yields to the event loop at most
     batch_bytes: int = 1 << 20  # and body bytes (a larger body is decoded alone)
     tick_s: float = 0.05  # the worker's wake-up period when little is pending
 
