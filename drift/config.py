@@ -5,19 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from .delivery import check_url
 from .errors import ConfigError
 from .service import ServicePolicy
 
-__all__ = ["DriftConfig", "check_url"]
-
-
-def check_url(url: str, flag: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{flag}: expected an http:// or https:// URL, got {url!r}")
-    return url
+__all__ = ["DriftConfig"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +35,7 @@ class DriftConfig:
         for flag, urls in (("--webhook", self.webhooks), ("--am-webhook", self.am_webhooks),
                            ("--alertmanager", self.alertmanagers)):
             for url in urls:
-                check_url(url, flag)
+                check_url(flag, url)
         for flag, value in (("--checkpoint-interval", self.checkpoint_s), ("--alertmanager-resend", self.resend_s)):
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{flag}: expected seconds > 0, got {value!r}")

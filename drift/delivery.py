@@ -52,6 +52,7 @@ __all__ = [
     "DeliveryPolicy",
     "Target",
     "WebhookTarget",
+    "check_url",
     "target_name",
 ]
 
@@ -73,7 +74,8 @@ def target_name(url: str) -> str:
     return f"{parts.scheme}://{host}:{port}{parts.path}"
 
 
-def _check_url(flag: str, url: str) -> None:
+def check_url(flag: str, url: str) -> None:
+    """An http(s) URL with a host and a valid port, or ``ConfigError`` naming the flag."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -107,7 +109,7 @@ class WebhookTarget:
     def __post_init__(self) -> None:
         if self.format not in _FORMATS:
             raise ConfigError(f"webhook format: expected 'sidemesh' or 'alertmanager', got {self.format!r}")
-        _check_url(_FORMATS[self.format], self.url)
+        check_url(_FORMATS[self.format], self.url)
         if self.secret is not None and (not isinstance(self.secret, bytes) or not self.secret):
             raise ConfigError("--webhook-secret-file: the secret must be non-empty bytes")
 
@@ -135,7 +137,7 @@ class AlertmanagerTarget:
     url: str
 
     def __post_init__(self) -> None:
-        _check_url("--alertmanager", self.url)
+        check_url("--alertmanager", self.url)
 
     @property
     def key(self) -> str:

@@ -21,16 +21,15 @@ import asyncio
 import collections
 import contextlib
 import math
-import random
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import grpc
 
 from drift.proto import stats_pb2 as pb
 
 from .instruments import StatsInstruments
+from .reconnect import backoff_delay, raise_if_cancelled
 
 __all__ = ["StatsClientConfig", "StatsClient", "METHOD", "MAX_REPORT_BYTES"]
 
@@ -63,12 +62,6 @@ class StatsClientConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: expected a number of seconds >= 0, got {value!r}")
-
-
-def _backoff(attempt: int, base_s: float, max_s: float, rand: Callable[[], float] = random.random) -> float:
-    """Full jitter, as the xDS client's ``backoff_delay`` (not imported: that module pulls in
-    the xDS protos, ~50 ms of start-up this path does not need)."""
-    return rand() * min(max_s, base_s * 2.0 ** min(attempt, 60))
 
 
 class StatsClient:
@@ -202,13 +195,13 @@ class StatsClient:
                 self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
                 was_connected, self.connected = self.connected, False
-            _raise_if_cancelled()
+            raise_if_cancelled()
             if self.acks != acks or time.monotonic() - started > self.config.backoff_max_s:
                 attempt = 0
             if was_connected or attempt == 0:  # one line per outage, not one per retry
                 print(f"sidemesh sidecar: stats stream to {self.config.target} {'lost' if was_connected else 'unavailable'} "
                       f"({self.last_error}); reconnecting, {len(self._queue)} reports kept", flush=True)
-            delay = _backoff(attempt, self.config.backoff_base_s, self.config.backoff_max_s)
+            delay = backoff_delay(attempt, self.config.backoff_base_s, self.config.backoff_max_s)
             attempt += 1
             self._away.set()
             try:
@@ -257,12 +250,3 @@ class StatsClient:
             if ack is grpc.aio.EOF:
                 return
             self._ack(ack)
-
-
-def _raise_if_cancelled() -> None:
-    """grpc.aio can swallow a cancellation (one meeting a stream the server just ended comes
-    out as UNAVAILABLE); honour a requested one all the same, or ``run`` would reconnect
-    forever after being cancelled."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError()

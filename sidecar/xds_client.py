@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -39,11 +38,12 @@ from .errors import ConfigError
 from .proto.cluster_pb2 import Cluster as EnvoyCluster
 from .proto.core_pb2 import Node
 from .proto.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from .reconnect import backoff_delay, raise_if_cancelled
 from .table import RoutingTable
 from .translate import build_table, route_config_names
 from .xds_resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_URLS, decode_all
 
-__all__ = ["XdsConfig", "XdsClient", "backoff_delay", "METHOD"]
+__all__ = ["XdsConfig", "XdsClient", "METHOD"]
 
 log = logging.getLogger("sidemesh.sidecar")
 
@@ -57,22 +57,6 @@ _CHANNEL_OPTIONS = (
     ("grpc.keepalive_timeout_ms", 20_000),
 )
 _WILDCARD = (LISTENER, CLUSTER)  # complete state in every response
-
-
-def backoff_delay(attempt: int, base_s: float, max_s: float, rand: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(max_s, base_s * 2**attempt)),
-    so sidecars that lost the same control plane do not come back in step."""
-    return rand() * min(max_s, base_s * 2.0 ** min(attempt, 60))
-
-
-def _raise_if_cancelled() -> None:
-    """grpc.aio can swallow a cancellation: one that meets a stream the server has just
-    ended comes out as UNAVAILABLE, one that lands during set-up is absorbed by the call's
-    preparation task. Honour a requested cancellation all the same, or ``run`` would
-    reconnect forever after being cancelled."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError()
 
 
 def _host_port(name: str, text: str) -> None:
@@ -155,12 +139,12 @@ class XdsClient:
             except grpc.aio.AioRpcError as exc:
                 self.last_error = f"{exc.code().name}: {exc.details()}"
             except Exception as exc:  # unexpected: keep the table, log, and retry like any failure
-                _raise_if_cancelled()
+                raise_if_cancelled()
                 log.exception("xDS stream failed")
                 self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
                 self.connected = False
-            _raise_if_cancelled()
+            raise_if_cancelled()
             attempt = 0 if self._responded else attempt
             delay = backoff_delay(attempt, self.config.backoff_base_s, self.config.backoff_max_s)
             # One warning per outage; the retries while it lasts are debug noise.

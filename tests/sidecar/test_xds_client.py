@@ -18,7 +18,8 @@ from control_plane.routing import Route
 from control_plane.store import RouteStore
 from sidecar.errors import ConfigError
 from sidecar.table import Endpoint, RoutingTable
-from sidecar.xds_client import XdsClient, XdsConfig, backoff_delay
+from sidecar.reconnect import backoff_delay
+from sidecar.xds_client import XdsClient, XdsConfig
 from sidecar.xds_resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.control_plane.peers import ControlPlaneProcess, free_port
 
