@@ -6,23 +6,23 @@ a 200 for its own model. ``offer`` only decides (the route's ``stats_sample`` sh
 capped by ``--stats-sample``; the CPU budget) and appends the body bytes to a pending list
 bounded in count and bytes; whatever it refuses is counted by reason, never waited for.
 
-A worker task on the event loop wakes every ``tick_s`` (sooner when much is pending),
-decodes pending bodies with the model server's own codecs in bounded batches (yielding
-between batches so a burst never stalls the loop for long), groups the arrays per input
-(concatenating rows of the same trailing shape) and updates one ``InputSketch`` per input
-with each group at once. It charges
-its thread CPU time to a one-second window; while the window is over ``cpu_budget`` (a
-share of one core), ``offer`` refuses with reason ``cpu_budget`` and the worker waits.
+The worker is a loop callback that ``offer`` schedules: a tick after the first body
+arrives, at once when a full batch waits. Each run decodes one bounded batch (so a burst
+never stalls the loop for long) with the lean decoders of ``tap_decode``. Decoded arrays
+are staged until ``stage_rows`` rows are held, then folded into one ``InputSketch`` per
+input at once. The worker charges its thread CPU time to a one-second window; while the
+window is over ``cpu_budget`` (a share of one core), ``offer`` refuses with reason
+``cpu_budget`` and the worker waits.
 
 ``take`` hands the accumulated sketches over as ``InputStats`` messages and starts afresh;
-a reporter task does that every ``interval_s`` and gives them to ``sink`` (the stats
-stream client), so the memory held here is the pending bytes plus one window of sketches.
+a reporter task does that every ``interval_s`` (a window under ``min_report_values`` waits
+up to ``hold_intervals``) and gives them to ``sink`` (the stats stream client), so the
+memory held here is the pending bytes plus one window of sketches.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import deque
@@ -33,11 +33,11 @@ import numpy as np
 
 from drift.proto import stats_pb2
 from drift.sketch import InputSketch
-from model_server import grpc_codec, rest_codec
-from model_server.proto import grpc_service_pb2 as v2
+from model_server import rest_codec
 
 from .instruments import StatsInstruments
 from .router import Router
+from .tap_decode import Batch
 
 __all__ = ["TapConfig", "StatsTap", "Sink"]
 
@@ -50,13 +50,16 @@ Sink = Callable[[list[stats_pb2.InputStats], float, float], None]
 @dataclass(frozen=True)
 class TapConfig:
     sample: float = 1.0  # share of eligible requests tapped at most (the route's share is capped by it)
-    cpu_budget: float = 0.01  # share of one core the worker may spend, per second
+    cpu_budget: float = 0.008  # share of one core the worker may spend, per second (decode, sketches, reports)
     interval_s: float = 5.0  # how often a window of statistics goes to the sink
+    min_report_values: int = 32_000  # a smaller window (e.g. 1,000 rows x 32 features) waits ...
+    hold_intervals: int = 6  # ... for up to this many intervals before it is sent anyway
     max_pending: int = 1024  # bodies waiting to be decoded at most
     max_pending_bytes: int = 16 << 20
     batch: int = 32  # bodies decoded between two yields to the event loop at most
     batch_bytes: int = 1 << 20  # and body bytes (a larger body is decoded alone)
-    tick_s: float = 0.05  # the worker's wake-up period when little is pending
+    tick_s: float = 0.05  # how long the worker waits for a batch to gather
+    stage_rows: int = 256  # decoded rows held before a sketch update (take() folds in the rest)
 
     def __post_init__(self) -> None:
         if not 0 <= self.sample <= 1:
@@ -66,7 +69,7 @@ class TapConfig:
         for name in ("interval_s", "tick_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: expected a positive number of seconds, got {getattr(self, name)!r}")
-        for name in ("max_pending", "max_pending_bytes", "batch", "batch_bytes"):
+        for name in ("max_pending", "max_pending_bytes", "batch", "batch_bytes", "stage_rows", "min_report_values", "hold_intervals"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
 
@@ -89,7 +92,9 @@ class StatsTap:
         self._table = self._share = None
         self._set_share()
         self._wake_at = max(1, min(config.batch, config.max_pending // 2))
-        self._wake: asyncio.Event | None = None
+        self._tick = config.tick_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.Handle | None = None  # the worker's next run, when one is due
         self._tasks: list[asyncio.Task] = []
         # The CPU budget: seconds spent in this one-second window and the one before.
         self.over_budget = config.cpu_budget <= 0
@@ -97,6 +102,10 @@ class StatsTap:
         self._spent = self._previous = 0.0
         # One window of statistics.
         self._sketches: dict[str, InputSketch] = {}  # by input name
+        self._staged: dict[tuple, list[np.ndarray]] = {}  # decoded, not yet in the sketches
+        self._staged_rows = 0
+        self._values = 0  # feature values in this window
+        self._datatypes: dict[str, str] = {}  # by input name, for this window
         self._start_unix = self._end_unix = 0.0
         self._mv = (self.model, self.version)
         self._skip = {r: self._mv + (r,) for r in ("sample", "cpu_budget", "queue_full", "too_large", "undecodable")}
@@ -122,8 +131,15 @@ class StatsTap:
             return
         pending.append((body, headers))
         self.pending_bytes += size
-        if len(pending) >= self._wake_at and self._wake is not None:
-            self._wake.set()
+        n = len(pending)
+        if self._loop is not None:
+            if n == 1 and self._handle is None:
+                # The first body: let a batch gather for at most one tick.
+                self._handle = self._loop.call_later(self._tick, self._run)
+            elif n == self._wake_at:
+                if self._handle is not None:
+                    self._handle.cancel()
+                self._handle = self._loop.call_soon(self._run)
 
     def _set_share(self) -> None:
         """The share for the routing table in force: the route's ``stats_sample`` (the
@@ -139,11 +155,15 @@ class StatsTap:
     # --- the worker --------------------------------------------------------------------
 
     def start(self) -> None:
-        self._wake = asyncio.Event()
-        self._tasks = [asyncio.ensure_future(self._work()), asyncio.ensure_future(self._report())]
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [asyncio.ensure_future(self._report())]
 
     async def stop(self) -> None:
-        """Stop the tasks, decode what is pending and hand the last window to the sink."""
+        """Stop the worker, decode what is pending and hand the last window to the sink."""
+        self._loop = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -151,22 +171,29 @@ class StatsTap:
         self.process()
         self.flush()
 
-    async def _work(self) -> None:
-        while True:
-            self._wake.clear()
-            if not self._pending or self.over_budget:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.config.tick_s):
-                        await self._wake.wait()
-            self._charge(0.0)  # rolls the budget window over while idle
-            if self._pending and not self.over_budget:
-                self.process(self.config.batch, self.config.batch_bytes)
-                await asyncio.sleep(0)  # let requests run between batches
+    def _run(self) -> None:
+        """The worker: one bounded batch per run, scheduled as a plain loop callback (no task,
+        no timeout objects: its own cost per batch is a timer handle). Runs again at once
+        while a full batch is waiting, after a tick while fewer are or while over budget."""
+        self._handle = None
+        self._charge(0.0)  # rolls the budget window over
+        if not self.over_budget:
+            self.process(self.config.batch, self.config.batch_bytes)
+        if self._loop is not None and (self._pending or self.over_budget):
+            now = len(self._pending) >= self._wake_at and not self.over_budget
+            self._handle = self._loop.call_soon(self._run) if now else self._loop.call_later(self._tick, self._run)
 
     async def _report(self) -> None:
+        """Send a window every interval, but let a quiet sidecar's window grow for up to
+        ``hold_intervals``: the detector's cost is mostly per report, so fewer, larger reports
+        from lightly loaded sidecars let one detector serve many more of them."""
+        config, held = self.config, 0
         while True:
-            await asyncio.sleep(self.config.interval_s)
-            self.flush()
+            await asyncio.sleep(config.interval_s)
+            held += 1
+            if self._values >= config.min_report_values or held >= config.hold_intervals:
+                self.flush()
+                held = 0
 
     def process(self, limit: int | None = None, limit_bytes: int | None = None) -> int:
         """Decode pending bodies into the sketches, up to ``limit`` bodies and ``limit_bytes``
@@ -187,53 +214,56 @@ class StatsTap:
         budget = limit_bytes if limit_bytes is not None else self.pending_bytes
         if n == 0:
             return 0
-        groups: dict[tuple, list[np.ndarray]] = {}
-        taken = decoded = 0
+        batch = Batch()
+        taken = 0
         while taken < n and (taken == 0 or len(pending[0][0]) <= budget):
             body, headers = pending.popleft()
             taken += 1
             budget -= len(body)
             self.pending_bytes -= len(body)
-            inputs = self._decode(body, headers)
-            if inputs is None:
-                continue
-            decoded += 1
-            for item in inputs:
-                data = item.data if item.data.ndim else item.data.reshape(1)
-                groups.setdefault((item.name, item.datatype, data.shape[1:], data.dtype), []).append(data)
-        if decoded:
-            now = time.time()
-            if not self._sketches:
-                self._start_unix = now
-            self._end_unix = now
-        for (name, datatype, _, _), arrays in groups.items():
-            sketch = self._sketches.get(name)
-            if sketch is None:
-                sketch = self._sketches[name] = InputSketch(datatype)
-            elif sketch.datatype != datatype:
+            if headers is None:
+                batch.add_grpc(body)
+            else:
+                length = None
+                for key, value in headers:
+                    if key == _HEADER_LENGTH:
+                        length = value
+                        break
+                batch.add_rest(body, length)
+        staged, datatypes = self._staged, self._datatypes
+        refused = 0
+        for name, datatype, array, bodies in batch.groups():
+            if datatypes.setdefault(name, datatype) != datatype:
                 # One datatype per input and window (the model server refuses any other
                 # than the model's, so this only guards against another upstream).
-                decoded -= len(arrays)
+                refused += bodies
                 continue
-            sketch.update(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
-        if decoded < taken:
-            self._m.skipped.inc(self._skip["undecodable"], taken - decoded)
-        if decoded:
+            staged.setdefault((name, array.shape[1:], array.dtype), []).append(array)
+            self._staged_rows += array.shape[0]
+            self._values += array.size
+        refused = min(taken, batch.undecodable + refused)
+        decoded = taken - refused
+        if decoded > 0:
+            now = time.time()
+            if not self._start_unix:
+                self._start_unix = now
+            self._end_unix = now
             self._m.sampled.inc(self._mv, decoded)
+        if refused:
+            self._m.skipped.inc(self._skip["undecodable"], refused)
+        if self._staged_rows >= self.config.stage_rows:
+            self._update_sketches()
         return taken
 
-    def _decode(self, body: bytes, headers: list | None):
-        try:
-            if headers is None:
-                return grpc_codec.decode_request(v2.ModelInferRequest.FromString(body), self.model, self.version).inputs
-            length = None
-            for key, value in headers:
-                if key == _HEADER_LENGTH:
-                    length = value.decode("latin-1")
-                    break
-            return rest_codec.decode_request(self.model, self.version, body, length).inputs
-        except Exception:  # InvalidInput, DecodeError, anything a hostile body provokes
-            return None
+    def _update_sketches(self) -> None:
+        """Fold the staged arrays into the sketches, one update per input: a sketch update
+        has a fixed cost per feature, so fewer, larger updates cost less per row."""
+        staged, self._staged, self._staged_rows = self._staged, {}, 0
+        for (name, _, _), arrays in staged.items():
+            sketch = self._sketches.get(name)
+            if sketch is None:
+                sketch = self._sketches[name] = InputSketch(self._datatypes[name])
+            sketch.update(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
 
     def _charge(self, seconds: float) -> None:
         """Add worker time to the budget window and re-decide whether ``offer`` may accept:
@@ -255,16 +285,23 @@ class StatsTap:
         """The window's statistics as ``InputStats`` (model, version, input), and its first and
         last unix time; the next window starts empty."""
         started = time.thread_time()
-        sketches, self._sketches = self._sketches, {}
+        self._update_sketches()
+        sketches, self._sketches, self._datatypes, self._values = self._sketches, {}, {}, 0
         inputs = [s.to_proto(self.model, self.version, name) for name, s in sketches.items()]
         self._charge(time.thread_time() - started)
-        return inputs, self._start_unix, self._end_unix
+        window = inputs, self._start_unix, self._end_unix
+        self._start_unix = self._end_unix = 0.0
+        return window
 
     def flush(self) -> None:
         """Hand the window to the sink, when it holds anything."""
-        if not self._sketches or self._sink is None:
+        if not (self._sketches or self._staged) or self._sink is None:
             return
+        window = self.take()
+        started = time.thread_time()  # the sink's serializing counts against the budget too
         try:
-            self._sink(*self.take())
+            self._sink(*window)
         except Exception as exc:  # the sink is the stats client: never let it stop the tap
             print(f"sidemesh sidecar: stats report error: {type(exc).__name__}: {exc}", flush=True)
+        finally:
+            self._charge(time.thread_time() - started)

@@ -183,6 +183,47 @@ def test_the_worker_decodes_off_the_request_path_and_hands_windows_to_the_sink()
     asyncio.run(main())
 
 
+def test_a_worker_over_budget_retries_by_itself_and_resumes_when_the_window_recovers():
+    async def main():
+        tap = _tap(TapConfig(cpu_budget=0.01, tick_s=0.01))
+        tap.start()
+        try:
+            tap.offer(json_body(np.ones((1, 8))), [])
+            tap._charge(0.05)  # as if the last batches had been expensive
+            for _ in range(5):  # several ticks pass: over budget, nothing is decoded
+                await asyncio.sleep(0.01)
+            assert tap.over_budget and tap.pending() == 1
+            tap._window_start -= 2.5  # the spending is now more than two windows old
+            for _ in range(500):  # no offer wakes it: its own timer must
+                if not tap.pending():
+                    break
+                await asyncio.sleep(0.01)
+            assert tap.pending() == 0 and not tap.over_budget
+        finally:
+            await tap.stop()
+        return _counts(tap)
+
+    assert asyncio.run(main()) == {"sampled": 1}
+
+
+def test_a_quiet_window_is_held_for_several_intervals_and_a_busy_one_goes_at_the_next():
+    async def window_after(rows: int) -> float:
+        loop = asyncio.get_running_loop()
+        arrived = loop.create_future()
+        tap = _tap(TapConfig(interval_s=0.2, tick_s=0.01, min_report_values=800, hold_intervals=5),
+                   sink=lambda inputs, start, end: arrived.done() or arrived.set_result(loop.time()))
+        tap.start()
+        try:
+            offered = loop.time()
+            tap.offer(json_body(np.ones((rows, 8))), [])  # 8 features: rows x 8 values
+            return await asyncio.wait_for(arrived, 10) - offered
+        finally:
+            await tap.stop()
+
+    assert asyncio.run(window_after(1)) >= 5 * 0.2  # 8 values: held for five intervals
+    assert asyncio.run(window_after(100)) < 5 * 0.2  # 800 values: sent at the first interval
+
+
 def test_stop_decodes_what_is_pending_and_flushes_a_last_window():
     async def main():
         windows = []
