@@ -79,12 +79,14 @@ def per_request(repeats: int) -> dict:
             "worker_single_us": statistics.median(single) * 1e6}
 
 
-def start_sidecar(workdir: Path, backend: int, name: str, drift: str | None) -> tuple:
+def start_sidecar(workdir: Path, backend: int, name: str, drift: str | None, budget: float | None = None) -> tuple:
     port, admin = free_port(), free_port()
     cmd = [sys.executable, "-m", "sidemesh", "sidecar", "--model", "m", "--version", "1", "--upstream",
            f"http://127.0.0.1:{backend}", "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}"]
     if drift:
         cmd += ["--drift", drift]
+        if budget is not None:
+            cmd += ["--stats-cpu-budget", str(budget)]
     proc = spawn(name, cmd, workdir, PROXY_CPU)
     wait_ready(proc, f"http://127.0.0.1:{admin}/healthz/ready")
     return proc, port, admin
@@ -103,7 +105,7 @@ def sidecar_share(args, workdir: Path) -> dict:
         procs.append(detector)
         wait_ready(detector, f"http://127.0.0.1:{drift_port}/healthz/ready")
         plain = start_sidecar(workdir, backend_port, "plain", None)
-        tapped = start_sidecar(workdir, backend_port, "tapped", f"127.0.0.1:{stats_port}")
+        tapped = start_sidecar(workdir, backend_port, "tapped", f"127.0.0.1:{stats_port}", args.stats_cpu_budget)
         procs += [plain[0], tapped[0]]
         body = body_of(np.random.default_rng(2))
         rounds: dict[str, list] = {"plain": [], "tapped": []}
@@ -178,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--stats-cpu-budget", type=float, help="the tapped sidecar's budget (default: its own default)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     results = {"per_request": per_request(5)}

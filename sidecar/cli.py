@@ -59,9 +59,9 @@ def build_parser(prog: str = "sidemesh sidecar") -> argparse.ArgumentParser:
     stats.add_argument("--stats-sample", type=float, default=1.0, metavar="SHARE",
                        help="share of this version's answered infer requests tapped at most; a route's stats_sample "
                        "from the control plane lowers it further (default 1: all)")
-    stats.add_argument("--stats-cpu-budget", type=float, default=0.008, metavar="SHARE",
+    stats.add_argument("--stats-cpu-budget", type=float, default=0.004, metavar="SHARE",
                        help="share of one core the tap may spend decoding and summarizing; over it, requests are not "
-                       "tapped (counted) until it recovers (default 0.008)")
+                       "tapped (counted) until it recovers (default 0.004)")
     stats.add_argument("--stats-queue-bytes", type=int, default=16 << 20, metavar="BYTES",
                        help="reports kept while the detector is away or has not acknowledged them; the oldest are "
                        "dropped and counted past it (default 16 MiB)")

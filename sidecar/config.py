@@ -64,7 +64,7 @@ class SidecarConfig:
     drift: tuple[str, int] | None = None  # the drift detector's stats stream; None: no input statistics
     stats_interval_s: float = 5.0
     stats_sample: float = 1.0  # caps each route's stats_sample share
-    stats_cpu_budget: float = 0.008  # share of one core
+    stats_cpu_budget: float = 0.004  # share of one core
     stats_queue_bytes: int = 16 << 20
 
     def __post_init__(self) -> None:

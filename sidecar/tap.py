@@ -10,9 +10,9 @@ The worker is a loop callback that ``offer`` schedules: a tick after the first b
 arrives, at once when a full batch waits. Each run decodes one bounded batch (so a burst
 never stalls the loop for long) with the lean decoders of ``tap_decode``. Decoded arrays
 are staged until ``stage_rows`` rows are held, then folded into one ``InputSketch`` per
-input at once. The worker charges its thread CPU time to a one-second window; while the
-window is over ``cpu_budget`` (a share of one core), ``offer`` refuses with reason
-``cpu_budget`` and the worker waits.
+input at once. The worker pays its thread CPU time from a token bucket that refills at
+``cpu_budget`` (a share of one core); while the bucket is empty, ``offer`` refuses with
+reason ``cpu_budget`` and the worker waits.
 
 ``take`` hands the accumulated sketches over as ``InputStats`` messages and starts afresh;
 a reporter task does that every ``interval_s`` (a window under ``min_report_values`` waits
@@ -42,6 +42,7 @@ from .tap_decode import Batch
 __all__ = ["TapConfig", "StatsTap", "Sink"]
 
 _HEADER_LENGTH = rest_codec.HEADER_LENGTH.lower().encode()
+_GRPC = 0  # in place of a header length: the body is a serialized ModelInferRequest
 
 # Receives one window's statistics: (inputs, start_unix, end_unix).
 Sink = Callable[[list[stats_pb2.InputStats], float, float], None]
@@ -50,7 +51,7 @@ Sink = Callable[[list[stats_pb2.InputStats], float, float], None]
 @dataclass(frozen=True)
 class TapConfig:
     sample: float = 1.0  # share of eligible requests tapped at most (the route's share is capped by it)
-    cpu_budget: float = 0.008  # share of one core the worker may spend, per second (decode, sketches, reports)
+    cpu_budget: float = 0.004  # share of one core the worker may spend, per second (decode, sketches, reports)
     interval_s: float = 5.0  # how often a window of statistics goes to the sink
     min_report_values: int = 32_000  # a smaller window (e.g. 1,000 rows x 32 features) waits ...
     hold_intervals: int = 6  # ... for up to this many intervals before it is sent anyway
@@ -86,7 +87,8 @@ class StatsTap:
         self._m = self.instruments = instruments
         self._sink = sink
         self._rand = rand
-        self._pending: deque[tuple[bytes, list | None]] = deque()
+        self._pending: deque[bytes] = deque()  # bodies waiting to be decoded
+        self._lengths: deque = deque()  # and for each: _GRPC, or the JSON header length (None: all JSON)
         self.pending_bytes = 0
         self._max_pending, self._max_bytes = config.max_pending, config.max_pending_bytes
         self._table = self._share = None
@@ -96,10 +98,10 @@ class StatsTap:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.Handle | None = None  # the worker's next run, when one is due
         self._tasks: list[asyncio.Task] = []
-        # The CPU budget: seconds spent in this one-second window and the one before.
+        # The CPU budget: a token bucket of worker seconds.
         self.over_budget = config.cpu_budget <= 0
-        self._window_start = time.monotonic()
-        self._spent = self._previous = 0.0
+        self._tokens = config.cpu_budget  # seconds of worker time it may spend now
+        self._refilled_at = time.monotonic()
         # One window of statistics.
         self._sketches: dict[str, InputSketch] = {}  # by input name
         self._staged: dict[tuple, list[np.ndarray]] = {}  # decoded, not yet in the sketches
@@ -113,9 +115,9 @@ class StatsTap:
     # --- the request path --------------------------------------------------------------
 
     def offer(self, body: bytes, headers: list | None) -> None:
-        """One infer request served here with a 200. ``headers``: the REST request's (the
-        binary extension's header length is read from them later), None for a gRPC
-        ``ModelInferRequest``. O(1), never blocks, never raises."""
+        """One infer request served here with a 200. ``headers``: the REST request's (for the
+        binary extension's header length), None for a gRPC ``ModelInferRequest``. O(1) in
+        the body, never blocks, never raises."""
         if self._router.table is not self._table:
             self._set_share()
         if self._share < 1.0 and self._rand() >= self._share:
@@ -129,7 +131,19 @@ class StatsTap:
         if len(pending) >= self._max_pending or self.pending_bytes + size > self._max_bytes:
             self._m.skipped.inc(self._skip["too_large" if size > self._max_bytes else "queue_full"])
             return
-        pending.append((body, headers))
+        # Kept: the body and the binary extension's header length, both bytes. Not the headers
+        # list nor a tuple: objects the garbage collector tracks, kept alive across its young
+        # collections, would be promoted and scanned again and again (that cost the sidecar
+        # more than the header scan here does).
+        length = _GRPC
+        if headers is not None:
+            length = None
+            for key, value in headers:
+                if key == _HEADER_LENGTH:
+                    length = value
+                    break
+        pending.append(body)
+        self._lengths.append(length)
         self.pending_bytes += size
         n = len(pending)
         if self._loop is not None:
@@ -176,10 +190,10 @@ class StatsTap:
         no timeout objects: its own cost per batch is a timer handle). Runs again at once
         while a full batch is waiting, after a tick while fewer are or while over budget."""
         self._handle = None
-        self._charge(0.0)  # rolls the budget window over
+        self._charge(0.0)  # refills the budget
         if not self.over_budget:
             self.process(self.config.batch, self.config.batch_bytes)
-        if self._loop is not None and (self._pending or self.over_budget):
+        if self._loop is not None and self._handle is None and self._pending:
             now = len(self._pending) >= self._wake_at and not self.over_budget
             self._handle = self._loop.call_soon(self._run) if now else self._loop.call_later(self._tick, self._run)
 
@@ -216,19 +230,15 @@ class StatsTap:
             return 0
         batch = Batch()
         taken = 0
-        while taken < n and (taken == 0 or len(pending[0][0]) <= budget):
-            body, headers = pending.popleft()
+        lengths = self._lengths
+        while taken < n and (taken == 0 or len(pending[0]) <= budget):
+            body, length = pending.popleft(), lengths.popleft()
             taken += 1
             budget -= len(body)
             self.pending_bytes -= len(body)
-            if headers is None:
+            if length is _GRPC:
                 batch.add_grpc(body)
             else:
-                length = None
-                for key, value in headers:
-                    if key == _HEADER_LENGTH:
-                        length = value
-                        break
                 batch.add_rest(body, length)
         staged, datatypes = self._staged, self._datatypes
         refused = 0
@@ -266,18 +276,22 @@ class StatsTap:
             sketch.update(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
 
     def _charge(self, seconds: float) -> None:
-        """Add worker time to the budget window and re-decide whether ``offer`` may accept:
-        the time spent in the last second (this window plus the part of the previous one
-        that still falls inside it) against the budget."""
+        """Spend worker time from a token bucket that refills at ``cpu_budget`` seconds per
+        second, holding at most one second's worth, and re-decide whether ``offer`` may
+        accept: over a long run the worker spends exactly its budget (a sliding window with
+        a hard cut would overshoot while the last batch is decoded, then stay shut for most of
+        the next second)."""
         if seconds:
             self._m.tap_seconds.inc((), seconds)
         now = time.monotonic()
-        age = now - self._window_start
-        if age >= 1.0:
-            self._previous = self._spent if age < 2.0 else 0.0
-            self._spent, self._window_start, age = 0.0, now, 0.0
-        self._spent += seconds
-        self.over_budget = self._spent + self._previous * (1.0 - age) >= self.config.cpu_budget
+        budget = self.config.cpu_budget
+        self._tokens = min(budget, self._tokens + (now - self._refilled_at) * budget) - seconds
+        self._refilled_at = now
+        self.over_budget = self._tokens <= 0.0
+        if self.over_budget and self._handle is None and self._loop is not None:
+            # Whoever emptied the bucket (a batch, or building a report), the worker must come
+            # back to refill it: offers are refused meanwhile and would never wake it.
+            self._handle = self._loop.call_later(self._tick, self._run)
 
     # --- windows -----------------------------------------------------------------------
 

@@ -137,15 +137,30 @@ def test_a_zero_cpu_budget_skips_every_request_and_counts_it():
     assert _counts(tap) == {"sampled": 0, "cpu_budget": 5}
 
 
-def test_spending_past_the_budget_stops_offers_until_the_window_recovers():
+def test_spending_past_the_budget_stops_offers_until_the_budget_refills():
     tap = _tap(TapConfig(cpu_budget=0.01))
     tap._charge(0.02)
     assert tap.over_budget
     tap.offer(json_body(np.ones((1, 8))), [])
     assert _counts(tap) == {"sampled": 0, "cpu_budget": 1}
-    tap._window_start -= 2.5  # the spending is more than two windows old
+    tap._refilled_at -= 2.5  # 2.5 s later: 25 ms earned back, at most 10 ms kept
     tap._charge(0.0)
     assert not tap.over_budget
+
+
+def test_over_a_long_run_the_worker_spends_its_budget_exactly(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("sidecar.tap.time.monotonic", lambda: clock[0])
+    tap = _tap(TapConfig(cpu_budget=0.01))
+    accepted = 0
+    for _ in range(10_000):  # 10 s of one request per ms, each costing 100 us when taken
+        clock[0] += 0.001
+        tap._charge(0.0)
+        if not tap.over_budget:
+            accepted += 1
+            tap._charge(0.0001)
+    # 10 s x 0.01 earned plus the 0.01 s held at the start: 1,100 requests, no more, no fewer.
+    assert abs(accepted - 1100) <= 2
 
 
 def test_a_full_pending_list_skips_and_counts_without_blocking():
@@ -183,7 +198,7 @@ def test_the_worker_decodes_off_the_request_path_and_hands_windows_to_the_sink()
     asyncio.run(main())
 
 
-def test_a_worker_over_budget_retries_by_itself_and_resumes_when_the_window_recovers():
+def test_a_worker_over_budget_retries_by_itself_and_resumes_when_the_budget_refills():
     async def main():
         tap = _tap(TapConfig(cpu_budget=0.01, tick_s=0.01))
         tap.start()
@@ -193,7 +208,7 @@ def test_a_worker_over_budget_retries_by_itself_and_resumes_when_the_window_reco
             for _ in range(5):  # several ticks pass: over budget, nothing is decoded
                 await asyncio.sleep(0.01)
             assert tap.over_budget and tap.pending() == 1
-            tap._window_start -= 2.5  # the spending is now more than two windows old
+            tap._refilled_at -= 5.0  # 5 s later: the 50 ms spent are earned back
             for _ in range(500):  # no offer wakes it: its own timer must
                 if not tap.pending():
                     break
@@ -204,6 +219,30 @@ def test_a_worker_over_budget_retries_by_itself_and_resumes_when_the_window_reco
         return _counts(tap)
 
     assert asyncio.run(main()) == {"sampled": 1}
+
+
+def test_a_report_that_empties_the_budget_does_not_leave_offers_refused_until_the_next():
+    async def main():
+        windows: asyncio.Queue = asyncio.Queue()
+        tap = _tap(TapConfig(cpu_budget=0.01, interval_s=3600, tick_s=0.01), sink=lambda *window: windows.put_nowait(window))
+        tap.start()
+        try:
+            tap.offer(json_body(np.ones((1, 8))), [])
+            tap.process()
+            tap._charge(0.012)  # as if building the report had cost more than the bucket held
+            tap.flush()
+            assert tap.over_budget and tap.pending() == 0
+            tap._refilled_at -= 1.0  # a second later the bucket is full again ...
+            for _ in range(500):  # ... and the worker's own timer has noticed, with nothing pending
+                if not tap.over_budget:
+                    break
+                await asyncio.sleep(0.01)
+            tap.offer(json_body(np.ones((1, 8))), [])
+        finally:
+            await tap.stop()
+        return _counts(tap)
+
+    assert asyncio.run(main()) == {"sampled": 2}
 
 
 def test_a_quiet_window_is_held_for_several_intervals_and_a_busy_one_goes_at_the_next():
