@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mirror": ("control_plane.commands:mirror_main", "copy a share of a model's requests to a shadow version"),
     "routes": ("control_plane.commands:routes_main", "show the desired routing and which nodes applied it"),
     "rollback": ("control_plane.commands:rollback_main", "restore a model's route as before its latest change"),
+    "inject": ("control_plane.injector.cli:inject_main", "add the sidecar to annotated pods in Kubernetes YAML, offline"),
+    "webhook": ("control_plane.injector.cli:webhook_main", "serve the Kubernetes admission webhook that injects the sidecar"),
 }
 
 
