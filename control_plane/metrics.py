@@ -23,8 +23,8 @@ TYPE_NAMES = {LISTENER: "listener", ROUTE: "route", CLUSTER: "cluster", ENDPOINT
 
 
 class _NodeGauges:
-    """Scrape-time view of the nodes: how many are connected, and how many have not
-    applied the latest routing version (what an alert on stale config watches)."""
+    """Scrape-time view of the nodes (how many are connected, how many have not applied the
+    latest routing version: what an alert on stale config watches) and of the desired split."""
 
     def __init__(self, control_plane: "ControlPlane") -> None:
         self._cp = control_plane
@@ -38,6 +38,20 @@ class _NodeGauges:
         yield GaugeMetricFamily("sidemesh_xds_connected_nodes", "Nodes with an open ADS stream.", value=len(connected))
         yield GaugeMetricFamily("sidemesh_xds_stale_nodes", "Connected nodes that have not ACKed the latest routing version.", value=stale)
         yield GaugeMetricFamily("sidemesh_xds_nacked_nodes", "Connected nodes behind because they rejected a newer config.", value=nacked)
+        # The desired split, next to the observed one the sidecars count: what a dashboard
+        # compares and an alert on a split that does not take effect needs.
+        weights = GaugeMetricFamily("sidemesh_route_weight_ratio", "Desired share of a model's requests for each "
+                                    "version (its weight over the model's total).", labels=["model", "version"])
+        mirrors = GaugeMetricFamily("sidemesh_route_mirror_ratio", "Desired share of a model's requests copied to each "
+                                    "shadow version.", labels=["model", "version"])
+        for model, (route, _) in self._cp.store.routes().items():
+            total = sum(b.weight for b in route.backends)
+            for backend in route.backends:
+                weights.add_metric([model, backend.version], backend.weight / total if total else 0.0)
+            for mirror in route.mirrors:
+                mirrors.add_metric([model, mirror.version], mirror.percent / 100.0)
+        yield weights
+        yield mirrors
 
 
 class ControlPlaneMetrics:

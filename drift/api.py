@@ -15,6 +15,7 @@ from aiohttp import web
 from google.protobuf.message import DecodeError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from . import report
 from .errors import DriftError, InvalidInput, NotFound, SketchError
 from .proto import stats_pb2 as pb
 from .reference import sketch_array
@@ -235,6 +236,19 @@ async def _alerts(request: web.Request) -> web.Response:
                   "firing": [e.to_dict() for e in service.tracker.firing()]})
 
 
+def _html(page: str) -> web.Response:
+    return web.Response(text=page, content_type="text/html", charset="utf-8", headers=report.HEADERS)
+
+
+async def _report_index(request: web.Request) -> web.Response:
+    return _html(await report.index_page(_service(request)))
+
+
+async def _report(request: web.Request) -> web.Response:
+    """The HTML drift report of one model (see ``report``): ``?version=&features=&limit=&history=&window=``."""
+    return _html(await report.model_page(_service(request), request.match_info["model"], request.query))
+
+
 def build_app(service: DriftService, outbox) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app[SERVICE_KEY] = service
@@ -254,4 +268,6 @@ def build_app(service: DriftService, outbox) -> web.Application:
     r.add_get("/v1/models/{model}/versions/{version}", _model)
     r.add_get("/v1/models/{model}/versions/{version}/evaluations", _evaluations)
     r.add_get("/v1/alerts", _alerts)
+    r.add_get("/report", _report_index)
+    r.add_get("/report/{model}", _report)
     return app

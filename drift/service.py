@@ -59,6 +59,8 @@ class DriftService:
         self.captures: dict[tuple[str, str], tuple[int, Accumulator]] = {}
         self.sources: dict[str, tuple[int, int, float]] = {}
         self.latest: dict[tuple[str, str], dict] = {}
+        # Each version's last evaluated window (statistics, not persisted): the report page's charts.
+        self.evaluated: dict[tuple[str, str], Accumulator] = {}
         self.tracker = AlertTracker(policy.fire_after, policy.resolve_after, store.value(_ALERT_STATE))
         self._queue: asyncio.Queue[Accumulator] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="drift-eval")
@@ -275,6 +277,7 @@ class DriftService:
         body["alert"] = self.tracker.status(model, version)
         self.store.add_evaluation(model, version, now, verdict, body, _ALERT_STATE, self.tracker.state())
         self.latest[(model, version)] = body
+        self.evaluated[(model, version)] = window
         if event is not None:
             self.notify(event)
 

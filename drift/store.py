@@ -208,3 +208,12 @@ class DriftStore:
         rows = self._read("SELECT body FROM evaluations WHERE id IN "
                           "(SELECT MAX(id) FROM evaluations GROUP BY model, version) ORDER BY model, version")
         return [json.loads(body) for (body,) in rows]
+
+    def verdicts(self, model: str, version: str, limit: int = 50) -> list[tuple[float, str, int, int, int]]:
+        """(at, verdict, rows, drifted features, features tested), newest first: the history
+        without parsing each evaluation's per-feature body in Python (SQLite's JSON1 does it)."""
+        return self._read("SELECT at, verdict, COALESCE(json_extract(body, '$.window.rows'), 0), "
+                          "COALESCE(json_extract(body, '$.drifted_features'), 0), "
+                          "COALESCE(json_array_length(body, '$.features'), 0) "
+                          "FROM evaluations WHERE model = ? AND version = ? ORDER BY id DESC LIMIT ?",
+                          (model, version, limit))

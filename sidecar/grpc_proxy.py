@@ -157,10 +157,10 @@ class GrpcProxy:
         received = time.perf_counter()
         router = self.router
         if self._total_in_flight() >= self.config.max_concurrent:
-            self.m.shed.inc(("overload",))
+            self.m.refused("overload")
             await context.abort(C.UNAVAILABLE, f"the sidecar is at its limit of {self.config.max_concurrent} requests in flight; retry shortly")
         if router.table is None:
-            self.m.shed.inc(("not_ready",))
+            self.m.refused("not_ready")
             await context.abort(C.UNAVAILABLE, "the sidecar has no routing configuration yet (waiting for the control plane)")
         metadata = [(k, v) for k, v in context.invocation_metadata() if not k.startswith(":")]
         model, path_version = (None, None) if method in _SERVER_SCOPED else scan_model_fields(request)

@@ -12,8 +12,10 @@ _MIRROR = ("model", "version", "shadow_version")
 
 
 class Instruments:
-    def __init__(self, metrics: MetricSet) -> None:
+    def __init__(self, metrics: MetricSet, model: str = "", version: str = "") -> None:
+        """``model``/``version``: this sidecar's own, the labels of what it refuses itself."""
         m = metrics
+        self._own = (model, version)
         self.requests = m.counter("sidemesh_requests_total", "Requests answered, by the version that answered and the status code.", _MV + ("code",))
         self.duration = m.histogram("sidemesh_request_duration_seconds", "Time from a complete request to its response, retries included.", _MV)
         self.upstream_duration = m.histogram(
@@ -21,7 +23,8 @@ class Instruments:
             _MV + ("upstream",))
         self.retries = m.counter("sidemesh_retries_total", "Retries made, by the condition that caused them.", _MV + ("reason",))
         self.retries_refused = m.counter("sidemesh_retry_budget_exhausted_total", "Retries not made because the retry budget was used up.", _MV)
-        self.shed = m.counter("sidemesh_shed_total", "Requests refused by the sidecar itself with a 503, by reason.", ("reason",))
+        self.shed = m.counter("sidemesh_shed_total", "Requests refused by the sidecar itself with a 503, by reason; model and "
+                              "version are the sidecar's own.", _MV + ("reason",))
         self.ejections = m.counter("sidemesh_outlier_ejections_total", "Endpoints ejected after consecutive 5xx.", _MV + ("endpoint",))
         self.mirror = m.counter(
             "sidemesh_mirror_requests_total",
@@ -35,6 +38,10 @@ class Instruments:
         self.latency_delta = m.histogram(
             "sidemesh_mirror_latency_delta_seconds", "Shadow latency minus primary latency (negative: the shadow was faster). With negative buckets "
             "there is no _sum or _count (OpenMetrics); the +Inf bucket is the count.", _MIRROR, DELTA_BUCKETS)
+
+    def refused(self, reason: str) -> None:
+        """One request this sidecar shed itself: ``overload`` or ``not_ready``."""
+        self.shed.inc(self._own + (reason,))
 
     def answered(self, model: str, version: str, code: str, seconds: float) -> None:
         """One request answered (by the proxy or by the sidecar itself)."""

@@ -62,10 +62,10 @@ class RestProxy:
 
     async def handle(self, request: Request) -> Response:
         if self.in_flight >= self.max_concurrent:
-            self.m.shed.inc(("overload",))
+            self.m.refused("overload")
             return error_response(503, f"the sidecar is at its limit of {self.max_concurrent} requests in flight; retry shortly")
         if self.router.table is None:
-            self.m.shed.inc(("not_ready",))
+            self.m.refused("not_ready")
             return error_response(503, "the sidecar has no routing configuration yet (waiting for the control plane)")
         self.in_flight += 1
         try:

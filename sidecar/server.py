@@ -52,7 +52,7 @@ class Sidecar(StackLifecycle):
     def __init__(self, config: SidecarConfig, span_exporter=None) -> None:
         self.config = config
         self.metrics = MetricSet()
-        self.instruments = Instruments(self.metrics)
+        self.instruments = Instruments(self.metrics, config.model, config.version)
         self.router = Router(config.model, config.version)
         self.tracer = Tracer(TracingConfig(sample_ratio=config.trace_sample, otlp_endpoint=config.otlp_endpoint,
                                            model=config.model, version=config.version), exporter=span_exporter)
