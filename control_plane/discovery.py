@@ -29,6 +29,11 @@ def parse_address(text: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+def _address(pair: tuple[str, int]) -> str:
+    host, port = pair
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 _SENT_KEPT = 4
 
 
@@ -134,6 +139,25 @@ class NodeRegistry:
             del self._nodes[node_id]
             if node.inbound is not None:
                 self._on_change()
+
+    def restore(self, registrations: dict[str, dict[str, Any]]) -> None:
+        """Sidecars registered before a restart (``registrations()`` as saved then): each
+        counts as having just lost its stream, so its endpoint stays for the grace period
+        while it reconnects. Without this the first sidecar back would get empty clusters
+        for the versions whose sidecars are still on their way (503s)."""
+        if not registrations:
+            return
+        loop = asyncio.get_running_loop()
+        for node_id, raw in registrations.items():
+            if node_id not in self._nodes:
+                self._nodes[node_id] = NodeInfo(node_id, connected=False, **_metadata(raw))
+                self._expiry[node_id] = loop.call_later(self._grace_s, self._expire, node_id)
+
+    def registrations(self) -> dict[str, dict[str, str]]:
+        """Node id -> the metadata that makes its endpoint, for every node that makes one."""
+        return {n.id: {"model": n.model, "version": n.version, "inbound": _address(n.inbound),
+                       **({"grpc": _address(n.grpc_inbound)} if n.grpc_inbound else {})}
+                for n in self._nodes.values() if n.model and n.version and n.inbound}
 
     def get(self, node_id: str) -> NodeInfo | None:
         return self._nodes.get(node_id)

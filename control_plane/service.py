@@ -33,6 +33,9 @@ class ControlPlane:
         self.store = store
         self.metrics = ControlPlaneMetrics(registry or CollectorRegistry())
         self.nodes = NodeRegistry(self.changed, grace_s)
+        # Registrations survive a restart (see NodeRegistry.restore); saved when they change.
+        self._saved_registrations = store.registrations()
+        self.nodes.restore(self._saved_registrations)
         self.cache = SnapshotCache()
         self._debounce_s = debounce_s
         self._dirty = asyncio.Event()
@@ -60,6 +63,10 @@ class ControlPlane:
             log.error("not publishing an inconsistent snapshot: %s", exc)
             return
         self._shared = shared
+        registrations = self.nodes.registrations()
+        if registrations != self._saved_registrations:
+            self.store.save_registrations(registrations)
+            self._saved_registrations = registrations
         self.rebuilds += 1
         by_listen: dict = {}  # nodes listening on the same address share one snapshot
         for node in self.nodes.nodes():

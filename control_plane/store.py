@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS routes (
     route   TEXT NOT NULL,
     version INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS registrations (
+    node_id  TEXT PRIMARY KEY,
+    metadata TEXT NOT NULL
+);
 """
 
 
@@ -139,6 +143,24 @@ class RouteStore:
             params = (model,)
         rows = self._db.execute(query + " ORDER BY version DESC LIMIT ?", (*params, limit)).fetchall()
         return [Change(v, m, at, who, act, json.loads(r) if r else None, json.loads(d)) for v, m, at, who, act, r, d in rows]
+
+    def registrations(self) -> dict[str, dict]:
+        """The sidecars registered when they were last saved: node id -> endpoint metadata."""
+        rows = self._db.execute("SELECT node_id, metadata FROM registrations").fetchall()
+        return {node_id: json.loads(doc) for node_id, doc in rows}
+
+    def save_registrations(self, registrations: dict[str, dict]) -> None:
+        """Replace the saved registrations, in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM registrations")
+                self._db.executemany("INSERT INTO registrations (node_id, metadata) VALUES (?, ?)",
+                                     [(n, json.dumps(m, sort_keys=True)) for n, m in registrations.items()])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def _record(self, model: str, author: str, action: str, doc: dict | None) -> Change:
         with self._lock:

@@ -11,6 +11,7 @@ or dead shadow) copies are dropped and counted; the primary never waits for a sh
 from __future__ import annotations
 
 import asyncio
+import importlib
 import math
 import time
 from collections import deque
@@ -106,6 +107,7 @@ class Mirror:
         self._idle: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._compare = None  # the comparison module, imported on first use (numpy)
+        self._compare_import: asyncio.Future | None = None
         self.submitted = 0
         self.completed = 0
 
@@ -166,10 +168,18 @@ class Mirror:
 
     async def _run(self, job: MirrorJob) -> None:
         labels = (job.model, job.version, job.shadow.version)
-        endpoint = self._outliers.pick(job.cluster) if job.cluster is not None else None
+        # No panic mode for copies: while every shadow endpoint is ejected, a copy counts as a
+        # shadow error without a connection attempt (with a dead shadow, an attempt per copy
+        # doubled the sidecar's CPU per request and raised the primary's p99; tests/faults).
+        endpoint = self._outliers.pick(job.cluster, panic=False) if job.cluster is not None else None
         if endpoint is None:
             self._m.mirror.inc(labels + ("shadow_error",))
             return
+        if job.compare and self._compare_import is None:
+            # numpy and the V2 messages take ~0.2 s to import: imported on the event loop when
+            # the first shadow answer arrives, they stalled every primary request in flight.
+            # A thread imports them while the first copy is out.
+            self._compare_import = asyncio.get_running_loop().run_in_executor(None, importlib.import_module, f"{__package__}.compare")
         span = traceparent = None
         if job.span is not None:
             span, traceparent = job.span.mirror(job.shadow.version, f"{endpoint.host}:{endpoint.port}")
@@ -186,6 +196,8 @@ class Mirror:
         self._m.mirror.inc(labels + ("ok",))
         self._m.latency_delta.observe(labels, answer.elapsed - job.primary_elapsed)
         if job.compare:
+            if self._compare is None:
+                self._compare = await self._compare_import
             self._record_comparison(job, answer, labels)
 
     @staticmethod
@@ -214,10 +226,6 @@ class Mirror:
                             None if ok else f"shadow answered {response.status}")
 
     def _record_comparison(self, job: MirrorJob, answer: ShadowAnswer, labels: tuple) -> None:
-        if self._compare is None:
-            from . import compare
-
-            self._compare = compare
         c = self._compare
         try:
             if job.kind == "grpc":

@@ -37,8 +37,10 @@ class OutlierDetector:
         self._states: dict[tuple[str, str, int], _State] = {}
         self.panics_total = 0
 
-    def pick(self, cluster: Cluster, avoid: Endpoint | None = None) -> Endpoint | None:
-        """A random endpoint that is not ejected, other than ``avoid`` when there is one."""
+    def pick(self, cluster: Cluster, avoid: Endpoint | None = None, panic: bool = True) -> Endpoint | None:
+        """A random endpoint that is not ejected, other than ``avoid`` when there is one.
+        ``panic=False``: None when every endpoint is ejected (shadow copies, which must not
+        cost the primary a connection attempt per request to a dead shadow)."""
         endpoints = cluster.endpoints
         if not endpoints:
             return None
@@ -47,6 +49,8 @@ class OutlierDetector:
         now = self._clock()
         healthy = [e for e in endpoints if self._available(cluster, e, now)]
         if not healthy:
+            if not panic:
+                return None
             self.panics_total += 1
             healthy = list(endpoints)
         if avoid is not None and len(healthy) > 1:

@@ -166,9 +166,10 @@ class Sidecar(StackLifecycle):
           lambda: [((), 1.0 if self.xds is not None and self.xds.connected else 0.0)])
         g("sidemesh_xds_applied_state_version", "The control plane's routing state version last applied.", (),
           lambda: [((), float(self.xds.applied_state_version))] if self.xds is not None and self.xds.applied_state_version is not None else [])
-        g("sidemesh_xds_acks_total", "xDS responses applied and ACKed.", (),
+        g("sidemesh_xds_acks_sent_total", "xDS responses applied and ACKed.", (),
           lambda: [((), float(self.xds.acks_total))] if self.xds is not None else [])
-        g("sidemesh_xds_nacks_total", "xDS responses refused (NACKed); the last good config stays.", (),
+        g("sidemesh_xds_nacks_sent_total", "xDS responses refused (NACKed); the last good config stays. (The control plane "
+          "counts the NACKs it receives as sidemesh_xds_nacks_total.)", (),
           lambda: [((), float(self.xds.nacks_total))] if self.xds is not None else [])
         g("sidemesh_xds_reconnects_total", "Times the ADS stream was re-established.", (),
           lambda: [((), float(self.xds.reconnects_total))] if self.xds is not None else [])

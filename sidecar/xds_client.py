@@ -78,7 +78,10 @@ class XdsConfig:
     node_cluster: str = "sidemesh"
     grpc_inbound: str | None = None  # host:port of its gRPC inbound, when it serves one
     backoff_base_s: float = 0.25
-    backoff_max_s: float = 10.0
+    # Capped at 1 s, not Envoy's 30 s: a sidecar must be back on a restarted control plane
+    # within about a second, so that routes changed at its return apply within 2 s
+    # (tests/faults). About two refused connections a second per sidecar while it is away are cheap.
+    backoff_max_s: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("control_plane", "inbound") + (("grpc_inbound",) if self.grpc_inbound is not None else ()):

@@ -21,6 +21,13 @@ def _gauges(registry: CollectorRegistry, name: str) -> dict:
 
 def test_the_desired_split_and_mirrors_are_exported_as_shares_and_follow_each_change(tmp_path):
     store = RouteStore(tmp_path / "routes.db")
+    try:
+        _check(store)
+    finally:
+        store.close()
+
+
+def _check(store: RouteStore) -> None:
     metrics = ControlPlaneMetrics(CollectorRegistry())
     metrics.watch(SimpleNamespace(store=store, nodes=SimpleNamespace(nodes=lambda: [])))
     assert _gauges(metrics.registry, "sidemesh_route_weight_ratio") == {}

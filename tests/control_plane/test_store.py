@@ -101,3 +101,20 @@ def test_state_and_history_survive_reopening_the_file(tmp_path):
         assert reopened.get("m")[0] == split("m", v1=100)
     finally:
         reopened.close()
+
+
+def test_sidecar_registrations_are_replaced_as_a_whole_and_survive_reopening(tmp_path):
+    path = tmp_path / "routes.db"
+    first = RouteStore(path)
+    try:
+        assert first.registrations() == {}
+        first.save_registrations({"a": {"model": "m", "version": "1", "inbound": "10.0.0.1:15001"},
+                                  "b": {"model": "m", "version": "2", "inbound": "10.0.0.2:15001", "grpc": "10.0.0.2:15002"}})
+        first.save_registrations({"b": {"model": "m", "version": "2", "inbound": "10.0.0.2:15001", "grpc": "10.0.0.2:15002"}})
+    finally:
+        first.close()
+    again = RouteStore(path)
+    try:
+        assert again.registrations() == {"b": {"model": "m", "version": "2", "inbound": "10.0.0.2:15001", "grpc": "10.0.0.2:15002"}}
+    finally:
+        again.close()

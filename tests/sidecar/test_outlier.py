@@ -64,6 +64,18 @@ def test_when_every_endpoint_is_ejected_all_are_used_rather_than_none():
     assert detector.panics_total == 1
 
 
+def test_shadow_copies_get_no_endpoint_while_every_one_is_ejected_and_get_one_back_after():
+    clock = Clock()
+    detector = _detector(clock, [])
+    for endpoint in (BAD, GOOD):
+        for _ in range(3):
+            detector.record(CLUSTER, endpoint, True)
+    assert detector.pick(CLUSTER, panic=False) is None
+    assert detector.panics_total == 0  # no panic mode for copies: nothing was sent
+    clock.now += 10
+    assert detector.pick(CLUSTER, panic=False) in (BAD, GOOD)
+
+
 def test_a_retry_prefers_another_endpoint():
     detector = _detector(Clock(), [])
     assert all(detector.pick(CLUSTER, avoid=BAD) == GOOD for _ in range(50))
