@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 examples: $(STAMP)
 	$(BIN)/sidemesh model-server --make-examples $(STATE)/models
 
-run: examples
-	$(BIN)/sidemesh model-server --repository $(STATE)/models
+# The whole mesh on this machine (docs/local.md); it writes only the small model it serves,
+# not the benchmark model `examples` writes, and resumes from $(STATE) on the next run.
+run: $(STAMP)
+	$(BIN)/sidemesh up --state-dir $(STATE)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
