@@ -79,7 +79,7 @@ def _guard(handler: Handler, write: bool) -> Callable[[web.Request], Awaitable[w
 async def _json_body(request: web.Request) -> Any:
     try:
         return json.loads(await request.read())
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting past the recursion limit
         raise ValidationError("", f"the request body is not valid JSON ({exc}); send a route document such as {_EXAMPLE}") from None
 
 

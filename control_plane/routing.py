@@ -9,7 +9,6 @@ every error; ``to_dict`` gives the same JSON back.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,7 +84,8 @@ class Mirror:
     def __post_init__(self) -> None:
         _name(self.version, "version", "version")
         p = self.percent
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0 < p <= 100:
+        # The range check alone refuses NaN and infinities, and unlike math.isfinite takes integers of any size.
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 100:
             raise ValidationError("percent", f"expected a number greater than 0 and at most 100, got {p!r}")
 
 

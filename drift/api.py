@@ -28,6 +28,8 @@ log = logging.getLogger("sidemesh.drift")
 SERVICE_KEY = web.AppKey("service", DriftService)
 OUTBOX_KEY = web.AppKey("outbox", object)
 MAX_BODY = 256 * 1024 * 1024
+# Far more rows than any reference needs; the store keeps the target as a signed 64-bit integer.
+MAX_CAPTURE_ROWS = 2**40
 _QUANTILES = (0.01, 0.25, 0.5, 0.75, 0.99)
 
 
@@ -63,7 +65,8 @@ def _service(request: web.Request) -> DriftService:
 
 def _limit(request: web.Request, default: int = 50) -> int:
     text = request.query.get("limit", str(default))
-    if not text.isdigit() or not 0 < int(text) <= 10000:
+    # ASCII digits, and few of them: int() refuses other Unicode digits ("²") and numbers of thousands of digits.
+    if not (text.isascii() and text.isdigit() and len(text) <= 10) or not 0 < int(text) <= 10000:
         raise InvalidInput(f"limit: expected a whole number 1-10000, got {text!r}")
     return int(text)
 
@@ -179,8 +182,8 @@ async def _capture(request: web.Request) -> web.Response:
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"body: not valid JSON ({exc})") from None
     rows = doc.get("rows") if isinstance(doc, dict) else None
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows <= 0:
-        raise InvalidInput(f"rows: expected a whole number of rows > 0 to capture, got {rows!r}")
+    if isinstance(rows, bool) or not isinstance(rows, int) or not 0 < rows <= MAX_CAPTURE_ROWS:
+        raise InvalidInput(f"rows: expected a whole number of rows from 1 to 2**40 to capture, got {rows!r}")
     _service(request).start_capture(model, version, rows)
     return _json({"model": model, "version": version, "capturing": True, "rows_wanted": rows}, 202)
 

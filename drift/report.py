@@ -37,7 +37,8 @@ _WINDOWS = ("evaluated", "open")
 def _whole(name: str, text: str | None, default: int, most: int) -> int:
     if text is None:
         return default
-    if not text.isdigit() or not 0 < int(text) <= most:
+    # ASCII digits, and few of them: int() refuses other Unicode digits ("²") and numbers of thousands of digits.
+    if not (text.isascii() and text.isdigit() and len(text) <= 10) or not 0 < int(text) <= most:
         raise InvalidInput(f"{name}: expected a whole number 1-{most}, got {text!r}")
     return int(text)
 

@@ -37,6 +37,24 @@ log = logging.getLogger("sidemesh.drift")
 _ALERT_STATE = "alert_tracker"
 # The input name of a reference built without --input: it stands for a version's only input.
 ANY_INPUT = ""
+_COUNT_LIMIT = 2**63  # sequence numbers and drop counts are persisted as SQLite integers
+# Values one report may count per field: a report covers seconds of one sidecar's traffic. The
+# bound keeps the uint64 totals of a window (checkpointed as InputStats) far from overflowing.
+MAX_REPORT_COUNT = 2**40
+
+
+def _count_error(report: pb.StatsReport) -> str:
+    """The first count in ``report`` past ``MAX_REPORT_COUNT``, named, or ""."""
+    for i, stats in enumerate(report.inputs):
+        if stats.rows >= MAX_REPORT_COUNT:
+            return f"inputs[{i}].rows: expected a count below 2**40, got {stats.rows}"
+        for j, feature in enumerate(stats.features):
+            for name in ("count", "missing", "other"):
+                if getattr(feature, name) >= MAX_REPORT_COUNT:
+                    return f"inputs[{i}].features[{j}].{name}: expected a count below 2**40, got {getattr(feature, name)}"
+            if any(n >= MAX_REPORT_COUNT for n in feature.categories.values()):
+                return f"inputs[{i}].features[{j}].categories: expected counts below 2**40"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -119,6 +137,9 @@ class DriftService:
         if not report.source:
             m.reports.labels("rejected").inc()
             return "source: must name the sending sidecar"
+        if report.sequence >= _COUNT_LIMIT or report.dropped_reports >= _COUNT_LIMIT:  # SQLite integers are signed 64-bit
+            m.reports.labels("rejected").inc()
+            return f"{'sequence' if report.sequence >= _COUNT_LIMIT else 'dropped_reports'}: expected a count below 2**63"
         if last is not None and report.sequence <= last[0]:
             m.reports.labels("duplicate").inc()
             return ""
@@ -128,6 +149,9 @@ class DriftService:
             m.stats_dropped.labels("sidecar_queue").inc(report.dropped_reports)
         self.sources[report.source] = (report.sequence, report.dropped_reports, now)
         try:
+            too_large = _count_error(report)
+            if too_large:
+                raise SketchError(too_large)
             parsed = [(s.model, s.version, s.input, InputSketch.from_proto(s, f"inputs[{i}]"))
                       for i, s in enumerate(report.inputs)]
             for i, (model, version, _, _) in enumerate(parsed):

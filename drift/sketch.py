@@ -19,6 +19,7 @@ of requests, not once per value.
 from __future__ import annotations
 
 import math
+import struct
 from typing import Iterable
 
 import datasketches
@@ -63,6 +64,46 @@ def category_key(value) -> str:
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     return str(value)
+
+
+_KLL_FULL = struct.Struct("<QHBB")  # after the 8-byte preamble: n, min_k, number of levels, unused
+
+
+def _kll_layout_error(data: bytes) -> str:
+    """Why ``data`` is not a KLL doubles sketch the library can use safely, or "". The library's
+    deserializer checks the preamble and the total size only; offsets, k or a weight that do
+    not add up (or a NaN item, which breaks its sorting) make later merges and queries read
+    out of bounds and crash the process, so the layout is checked here first."""
+    if len(data) < 8:
+        return f"{len(data)} bytes, shorter than the 8-byte preamble"
+    flags, k, m = data[3], int.from_bytes(data[4:6], "little"), data[6]
+    if k < 8 or m != 8:
+        return f"k={k} and m={m}; expected k >= 8 and m = 8"
+    if flags & 1:  # empty
+        return "" if len(data) == 8 else f"an empty sketch of {len(data)} bytes; expected 8"
+    if flags & 4:  # one item, and nothing but the item after the preamble
+        if len(data) != 16:
+            return f"a one-item sketch of {len(data)} bytes; expected 16"
+        return "" if math.isfinite(struct.unpack_from("<d", data, 8)[0]) else "a non-finite item"
+    if len(data) < 20:
+        return f"{len(data)} bytes, shorter than the 20-byte header"
+    n, min_k, num_levels, _ = _KLL_FULL.unpack_from(data, 8)
+    if not 1 <= num_levels <= 61 or not 8 <= min_k <= k:
+        return f"{num_levels} levels and min_k={min_k}; expected 1-61 levels and 8 <= min_k <= k"
+    items_at = 20 + 4 * num_levels + 16  # level offsets, then min and max
+    if len(data) < items_at or (len(data) - items_at) % 8:
+        return f"{len(data)} bytes do not hold {num_levels} level offsets, min, max and whole items"
+    levels = [*struct.unpack_from(f"<{num_levels}I", data, 20)]
+    levels.append(levels[0] + (len(data) - items_at) // 8)
+    if any(a > b for a, b in zip(levels, levels[1:])):
+        return f"level offsets {levels} are out of order"
+    weight = sum((b - a) << height for height, (a, b) in enumerate(zip(levels, levels[1:])))
+    if weight != n:
+        return f"its items weigh {weight} in all but n is {n}"
+    values = np.frombuffer(data, dtype="<f8", offset=items_at - 16)  # min, max, items
+    if not np.isfinite(values).all() or values[0] > values[1]:
+        return "min, max and items must be finite numbers with min <= max"
+    return ""
 
 
 class FeatureSketch:
@@ -150,6 +191,9 @@ class FeatureSketch:
         else:
             sketch.mean, sketch.m2, sketch.min, sketch.max = 0.0, 0.0, math.inf, -math.inf
         if msg.kll:
+            problem = _kll_layout_error(msg.kll)
+            if problem:
+                raise SketchError(f"{where}.kll: not a serialized KLL doubles sketch ({problem})")
             try:
                 sketch.kll = datasketches.kll_doubles_sketch.deserialize(msg.kll)
             except Exception as exc:  # the library raises RuntimeError/ValueError variants

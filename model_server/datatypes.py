@@ -94,7 +94,7 @@ def deserialize_bytes(buffer: bytes | memoryview, count: int) -> list[bytes]:
     """Parse exactly ``count`` length-prefixed records; ``ValueError`` when the buffer
     is truncated, holds more or fewer records, or has trailing bytes."""
     view = memoryview(buffer)
-    out: list[bytes] = [b""] * count
+    out: list[bytes] = []  # grown as records are read: ``count`` comes from a shape and may claim billions
     offset = 0
     end = len(view)
     for i in range(count):
@@ -104,7 +104,7 @@ def deserialize_bytes(buffer: bytes | memoryview, count: int) -> list[bytes]:
         offset += 4
         if offset + length > end:
             raise ValueError(f"element {i} claims {length} bytes but only {end - offset} remain")
-        out[i] = bytes(view[offset : offset + length])
+        out.append(bytes(view[offset : offset + length]))
         offset += length
     if offset != end:
         raise ValueError(f"has {end - offset} bytes left after {count} BYTES elements")

@@ -11,8 +11,9 @@ import logging
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from .errors import ModelServerError
+from .errors import InvalidInput, ModelServerError
 from .grpc_codec import decode_request, encode_response
 from .inference import InferenceService
 from .proto import grpc_service_pb2 as pb
@@ -22,6 +23,7 @@ from .metrics import CLIENT_CLOSED
 __all__ = ["build_grpc_server"]
 
 log = logging.getLogger("sidemesh.model_server")
+SERVICE = "inference.GRPCInferenceService"
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
@@ -63,10 +65,14 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
             response.outputs.add(**spec)
         return response
 
-    async def ModelInfer(self, request, context):
+    async def ModelInfer(self, data: bytes, context):
         started = time.monotonic()
         model, version, code = "", "", 500
         try:
+            try:
+                request = pb.ModelInferRequest.FromString(data)
+            except DecodeError as exc:
+                raise InvalidInput(f"the request is not an inference.ModelInferRequest message ({exc})") from None
             entry = self._service.resolve(request.model_name, request.model_version)
             model, version = entry.model_name, entry.version
             decoded = decode_request(request, model, version)
@@ -93,5 +99,25 @@ def build_grpc_server(service: InferenceService, max_message_bytes: int) -> grpc
             ("grpc.max_send_message_length", -1),
         ]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(service), server)
+    handlers = _handlers(_Servicer(service))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
     return server
+
+
+def _handlers(servicer: _Servicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The service's methods, as the generated ``add_..._to_server`` registers them, except that
+    ModelInfer takes its request as bytes and parses it itself: a message that does not parse
+    gets INVALID_ARGUMENT saying so, where grpcio's own failed deserialization answers UNKNOWN
+    and logs a traceback per call."""
+    def unary(method, request: type | None, response: type) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(method, request.FromString if request else None, response.SerializeToString)
+
+    return {
+        "ServerLive": unary(servicer.ServerLive, pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ServerReady": unary(servicer.ServerReady, pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ModelReady": unary(servicer.ModelReady, pb.ModelReadyRequest, pb.ModelReadyResponse),
+        "ServerMetadata": unary(servicer.ServerMetadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+        "ModelMetadata": unary(servicer.ModelMetadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+        "ModelInfer": unary(servicer.ModelInfer, None, pb.ModelInferResponse),
+    }

@@ -16,7 +16,9 @@ import numpy as np
 from .datatypes import V2_TO_NUMPY, deserialize_bytes, serialize_bytes
 from .errors import InvalidInput
 
-__all__ = ["check_header", "from_values", "from_raw", "to_raw", "element_count"]
+__all__ = ["check_header", "from_values", "from_raw", "to_raw", "element_count", "MAX_ELEMENTS"]
+
+MAX_ELEMENTS = 2**40  # per tensor, counting dimensions other than 0; far past any body limit
 
 
 def check_header(name: Any, datatype: Any, shape: Any) -> tuple[str, str, tuple[int, ...]]:
@@ -27,6 +29,9 @@ def check_header(name: Any, datatype: Any, shape: Any) -> tuple[str, str, tuple[
         raise InvalidInput(f"input {name!r}: datatype {datatype!r} is not a V2 datatype; expected one of {', '.join(V2_TO_NUMPY)}")
     if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+    # numpy cannot even describe an empty array whose other dimensions multiply past its index range.
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} has dimensions multiplying past 2**40 elements")
     return name, datatype, tuple(int(d) for d in shape)
 
 

@@ -130,6 +130,7 @@ class _Connection(asyncio.Protocol):
         self._busy = False
         self._closing = False
         self._paused = False
+        self._error: Response | None = None  # the answer to a request the parser could not finish
         self.last_active = time.monotonic()
         self._reset_message()
 
@@ -196,6 +197,8 @@ class _Connection(asyncio.Protocol):
         self._body.append(chunk)
 
     def on_message_complete(self) -> None:
+        if self._parser.should_upgrade():
+            return  # refused with a 400 when the parser stops at the upgrade, never handled
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = Request(
             self._parser.get_method(), self._url, self._headers, body, self._parser.should_keep_alive(), time.perf_counter(),
@@ -211,6 +214,8 @@ class _Connection(asyncio.Protocol):
 
     def _next(self) -> None:
         if not self._queue or self._closing:
+            if self._error is not None:
+                self._send_error()
             self._idle()
             return
         self._busy = True
@@ -261,10 +266,19 @@ class _Connection(asyncio.Protocol):
         self._fail(status, message)
 
     def _fail(self, status: int, message: str) -> None:
+        """Answer the requests that arrived before the broken one first (pipelining: answers
+        go in request order), then the error, then close."""
+        if self._transport is None or self._closing or self._error is not None:
+            return
+        self._error = error_response(status, message)
+        if not self._busy:
+            self._next()
+
+    def _send_error(self) -> None:
         if self._transport is None or self._closing:
             return
         self._closing = True
-        self._transport.write(encode_response(error_response(status, message), keep_alive=False))
+        self._transport.write(encode_response(self._error, keep_alive=False))
         self._transport.close()
 
     def close_if_idle(self, now: float) -> None:

@@ -77,6 +77,9 @@ class RestProxy:
         model_b, version_b, op = parse_model_path(request.path)
         model = model_b.decode("latin-1") if model_b is not None else None
         label = self.router.label(model)
+        if request.header(b"host") is None:  # the upstream would refuse it too, but not in the V2 error shape
+            return self._record(label, self.router.version, error_response(
+                400, "the request has no Host header; HTTP/1.1 requires one (RFC 9112, section 3.2)"), request)
         try:
             decision = self.router.decide(model, version_b.decode("latin-1") if version_b else None, request.header)
         except RouteRefused as exc:

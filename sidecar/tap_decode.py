@@ -51,6 +51,8 @@ class Batch:
             staged = []
             for item in doc["inputs"]:
                 name, datatype, shape = item["name"], item["datatype"], tuple(item["shape"])
+                if not (isinstance(name, str) and isinstance(datatype, str) and all(type(d) is int for d in shape)):
+                    raise ValueError("name and datatype must be strings, shape a list of integers")  # they key the groups
                 params = item.get("parameters")
                 size = params.get("binary_data_size") if params else None
                 if size is None:
@@ -115,7 +117,8 @@ class Batch:
                 parts = []
                 for data in lists:
                     try:
-                        parts.append(np.asarray(data, dtype=dtype).reshape(shape))
+                        part = np.asarray(data, dtype=dtype).reshape(shape)
+                        parts.append(part.reshape(1) if not part.ndim else part)  # a scalar is one row, as in _keyed
                     except (ValueError, TypeError, OverflowError):
                         self.undecodable += 1
                 if not parts:

@@ -113,8 +113,8 @@ def _port(annotations: Mapping[str, Any], key: str) -> int | None:
     value = _string(annotations, key, '"8000"')
     if value is None:
         return None
-    if not value.isascii() or not value.isdigit():
-        raise ValidationError(key, f'expected a port 1-65535 as a string (e.g. "8000"), got {value!r}')
+    if not value.isascii() or not value.isdigit() or len(value) > 5:  # int() refuses thousands of digits itself
+        raise ValidationError(key, f'expected a port 1-65535 as a string (e.g. "8000"), got {value!r:.40}')
     return int(value)
 
 

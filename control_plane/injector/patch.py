@@ -45,6 +45,14 @@ def _list(spec: Mapping, key: str) -> list:
     return value
 
 
+def _containers(spec: Mapping, key: str) -> list:
+    items = _list(spec, key)
+    for i, container in enumerate(items):
+        if not isinstance(container.get("name", ""), str):
+            raise ValidationError(f"spec.{key}[{i}].name", f"expected the container's name, a string, got {container['name']!r}")
+    return items
+
+
 def _check_conflicts(spec: Mapping, containers: list, init_containers: list, reinjecting: bool) -> None:
     """Refuse a pod the sidecar could not run in, rather than produce a broken one."""
     if spec.get("hostNetwork") is True:
@@ -55,10 +63,14 @@ def _check_conflicts(spec: Mapping, containers: list, init_containers: list, rei
             if container.get("name") == CONTAINER_NAME:
                 raise ValidationError(f"spec.{where}[{i}].name", f"{CONTAINER_NAME!r} is the injected sidecar's name but the pod "
                                       f"has no {STATUS} annotation; expected another container name")
-            for port in container.get("ports") or []:
+            ports = container.get("ports") or []
+            if not isinstance(ports, list):
+                raise ValidationError(f"spec.{where}[{i}].ports", f"expected a list of container ports, got {ports!r}")
+            for port in ports:
                 if not isinstance(port, Mapping):
                     continue
-                if port.get("containerPort") in SIDECAR_PORTS.values() or port.get("name") in SIDECAR_PORTS:
+                name = port.get("name")
+                if port.get("containerPort") in SIDECAR_PORTS.values() or (isinstance(name, str) and name in SIDECAR_PORTS):
                     raise ValidationError(f"spec.{where}[{i}].ports", f"port {port.get('name') or port.get('containerPort')} "
                                           f"is the sidecar's; it uses {', '.join(f'{n} {p}' for n, p in SIDECAR_PORTS.items())}")
     if not reinjecting and any(v.get("name") == TMP_VOLUME for v in _list(spec, "volumes")):
@@ -66,8 +78,9 @@ def _check_conflicts(spec: Mapping, containers: list, init_containers: list, rei
 
 
 def _add_entry(ops: list, parent: Mapping, path: tuple[str, ...], key: str, value: Any) -> None:
-    """Add ``key: value`` to the map at ``path``, creating the map when it is absent."""
-    if parent.get(path[-1]) is None:
+    """Add ``key: value`` to the map at ``path``, creating the map when it is absent or empty
+    (``null``, ``{}``, or an empty value of another type that an add into it would not fit)."""
+    if not parent.get(path[-1]):
         ops.append({"op": "add", "path": pointer(*path), "value": {key: value}})
     else:
         ops.append({"op": "add", "path": pointer(*path, key), "value": value})
@@ -97,7 +110,7 @@ def plan_injection(pod: Mapping[str, Any], config: InjectorConfig, namespace_ena
     spec = pod.get("spec")
     if not isinstance(spec, Mapping):
         raise ValidationError("spec", "expected the pod's spec (an object with containers)")
-    containers, init_containers = _list(spec, "containers"), _list(spec, "initContainers")
+    containers, init_containers = _containers(spec, "containers"), _containers(spec, "initContainers")
     if not containers:
         raise ValidationError("spec.containers", "expected at least one container")
     names = {c.get("name") for c in containers + init_containers}

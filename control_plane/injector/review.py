@@ -35,7 +35,7 @@ class ReviewResult:
 def _parse(body: bytes) -> dict:
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested past the interpreter's limit
         raise ValidationError("body", f"expected an AdmissionReview JSON document, got invalid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise ValidationError("body", "expected an AdmissionReview JSON object")
