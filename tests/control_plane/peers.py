@@ -26,16 +26,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    """Poll ``predicate`` (every 50 ms) until it returns something truthy, or fail."""
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition", every: float = 0.05):
+    """Poll ``predicate`` (every ``every`` seconds) until it returns something truthy, or fail."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(every)
 
 
 class Backend:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tests.control_plane.peers import ControlPlaneProcess, free_port
+from tests.control_plane.peers import ControlPlaneProcess, free_port, wait_until
 from tests.servers import ModelServerProcess
 from tests.sidecar.peers import SidecarProcess
 
@@ -25,15 +25,8 @@ __all__ = ["ControlPlaneAsShipped", "Delivery", "SlowShadow", "SwitchableReceive
 
 def until(predicate, timeout: float, what: str, every: float = 0.01):
     """Poll ``predicate`` every ``every`` seconds until it is truthy (its value is returned),
-    or fail after ``timeout``. Finer than ``wait_until`` where a duration is being measured."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(every)
+    or fail after ``timeout``. Finer than ``wait_until``'s default where a duration is measured."""
+    return wait_until(predicate, timeout, what, every)
 
 
 def kill9(popen: subprocess.Popen, timeout: float = 10.0) -> tuple[float, float]:
