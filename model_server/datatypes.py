@@ -14,6 +14,7 @@ import numpy as np
 __all__ = [
     "V2_TO_NUMPY",
     "ONNX_TO_V2",
+    "GRPC_CONTENTS_FIELD",
     "numpy_dtype",
     "v2_datatype_of",
     "serialize_bytes",
@@ -54,6 +55,16 @@ ONNX_TO_V2: dict[str, str] = {
     "tensor(float)": "FP32",
     "tensor(double)": "FP64",
     "tensor(string)": "BYTES",
+}
+
+# The gRPC typed-contents field of each datatype (``InferTensorContents``). FP16 has none in
+# the protocol: it travels raw only.
+GRPC_CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 
 _NUMPY_TO_V2 = {dt: name for name, dt in V2_TO_NUMPY.items() if name != "BYTES"}

@@ -7,6 +7,7 @@ does, and the only form that carries FP16).
 
 from __future__ import annotations
 
+from .datatypes import GRPC_CONTENTS_FIELD
 from .errors import InvalidInput
 from .proto import grpc_service_pb2 as pb
 from .tensor_codec import check_header, from_raw, from_values, to_raw
@@ -14,21 +15,6 @@ from .tensors import InferInput, InferRequest, InferResponse, RequestedOutput
 
 __all__ = ["decode_request", "encode_response"]
 
-# FP16 has no typed field in the protocol: it travels raw only.
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 
 
 def decode_request(message: pb.ModelInferRequest, model: str, version: str) -> InferRequest:
@@ -43,7 +29,7 @@ def decode_request(message: pb.ModelInferRequest, model: str, version: str) -> I
         if raw:
             data = from_raw(name, datatype, shape, raw[i])
         else:
-            field = _CONTENTS_FIELD.get(datatype)
+            field = GRPC_CONTENTS_FIELD.get(datatype)
             if field is None:
                 raise InvalidInput(f"input {name!r}: {datatype} has no typed contents field; send it in raw_input_contents")
             data = from_values(name, datatype, shape, getattr(tensor.contents, field))

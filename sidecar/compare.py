@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 from google.protobuf.message import DecodeError
 
-from model_server.datatypes import V2_TO_NUMPY, deserialize_bytes
+from model_server.datatypes import GRPC_CONTENTS_FIELD, V2_TO_NUMPY, deserialize_bytes
 from model_server.proto import grpc_service_pb2 as pb
 
 from .errors import CompareError
@@ -35,13 +35,6 @@ REL_FLOOR = 1e-6
 
 _HEADER_LENGTH = b"inference-header-content-length"
 _NUMPY_TO_V2 = {dtype: name for name, dtype in V2_TO_NUMPY.items() if name != "BYTES"}
-# gRPC typed contents per datatype; FP16 has none (it travels raw only).
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
-    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
-}
 _LABEL_WORDS = ("label", "class")
 
 
@@ -159,7 +152,7 @@ def decode_grpc(body: bytes | bytearray | memoryview) -> dict[str, np.ndarray]:
         if raw:
             array = _from_raw(name, datatype, shape, raw[i])
         else:
-            field = _CONTENTS_FIELD.get(datatype)
+            field = GRPC_CONTENTS_FIELD.get(datatype)
             if field is None:
                 raise CompareError(f"output {name!r}: {datatype} has no typed contents field and raw_output_contents is empty")
             values = getattr(tensor.contents, field)

@@ -16,8 +16,7 @@ import math
 import numpy as np
 import orjson
 
-from model_server.datatypes import V2_TO_NUMPY
-from model_server.grpc_codec import _CONTENTS_FIELD
+from model_server.datatypes import GRPC_CONTENTS_FIELD, V2_TO_NUMPY
 from model_server.proto import grpc_service_pb2 as v2
 from model_server.tensor_codec import from_raw, from_values
 
@@ -81,7 +80,7 @@ class Batch:
                 if raw:
                     array = from_raw(name, datatype, shape, raw[i])
                 else:
-                    array = from_values(name, datatype, shape, getattr(tensor.contents, _CONTENTS_FIELD[datatype]))
+                    array = from_values(name, datatype, shape, getattr(tensor.contents, GRPC_CONTENTS_FIELD[datatype]))
                 staged.append(self._keyed(name, datatype, array))
         except Exception:
             self.undecodable += 1

@@ -8,7 +8,7 @@ fall back to 0 wherever statistics flow, so "nothing lost" shows as 0, not as "N
 
 from __future__ import annotations
 
-from .grafana import DETECTOR, MESH, NAMESPACE, Panel, Query, dashboard, increase
+from .grafana import BY_MODEL, MESH, NAMESPACE, Panel, Query, dashboard, increase
 
 __all__ = ["drift_dashboard"]
 
@@ -20,21 +20,21 @@ VERDICTS = [
     Panel("Drift verdict and alert", "bool_yes_no",
           "From the detector: whether the latest window drifted (after multiple-testing correction), and whether "
           "the version's drift alert is firing (after hysteresis: K drifted windows in a row).",
-          (Query(f"max by (model, version) (sidemesh_drift_verdict{{{DETECTOR}}})", "{{model}} v{{version}} latest window drifted"),
-           Query(f"max by (model, version) (sidemesh_drift_alert_firing{{{DETECTOR}}})", "{{model}} v{{version}} alert firing")),
+          (Query(f"max by (model, version) (sidemesh_drift_verdict{{{BY_MODEL}}})", "{{model}} v{{version}} latest window drifted"),
+           Query(f"max by (model, version) (sidemesh_drift_alert_firing{{{BY_MODEL}}})", "{{model}} v{{version}} alert firing")),
           steps=True, max_value=1),
     Panel("Windows evaluated in the last hour, by verdict", "short",
           "Closed windows: drift, clean, insufficient (too few rows) and no_reference (upload one with "
           "`sidemesh drift reference`).",
-          (Query(f"sum by (model, version, verdict) ({increase(f'sidemesh_drift_windows_evaluated_total{{{DETECTOR}}}', '1h')})",
+          (Query(f"sum by (model, version, verdict) ({increase(f'sidemesh_drift_windows_evaluated_total{{{BY_MODEL}}}', '1h')})",
                  "{{model}} v{{version}} {{verdict}}"),)),
     Panel("Features drifted in the latest window", "short",
           "How many features the latest window rejected after correction.",
-          (Query(f"sum by (model, version) (sidemesh_drift_feature_drifted{{{DETECTOR}}})", "{{model}} v{{version}}"),)),
+          (Query(f"sum by (model, version) (sidemesh_drift_feature_drifted{{{BY_MODEL}}})", "{{model}} v{{version}}"),)),
     Panel("Drift alerts firing in Prometheus", "short",
           "SidemeshDriftDetected for the selected versions, and the alerts about lost statistics "
           f"({_DRIFT_ALERTS.replace('|', ', ')}); 0 when none fires.",
-          (Query(f'count by (model, version) (ALERTS{{alertname="SidemeshDriftDetected", alertstate="firing", {DETECTOR}}})\n'
+          (Query(f'count by (model, version) (ALERTS{{alertname="SidemeshDriftDetected", alertstate="firing", {BY_MODEL}}})\n'
                  "or on () vector(0)", "SidemeshDriftDetected {{model}} v{{version}}"),
            Query(f'count by (alertname) (ALERTS{{alertname=~"{_DRIFT_ALERTS}", alertstate="firing"}})\n'
                  "or on () vector(0)", "{{alertname}}"))),
@@ -44,19 +44,19 @@ FEATURES = [
     Panel("Drift score by feature and test", "none",
           "The latest window's score per feature and test: ks (D), psi, js (Jensen-Shannon distance), wasserstein "
           "(normalized), chi_square (Cramer's V). Each test has its own scale.",
-          (Query(f"max by (model, version, input, feature, test) (sidemesh_drift_score{{{DETECTOR}}})",
+          (Query(f"max by (model, version, input, feature, test) (sidemesh_drift_score{{{BY_MODEL}}})",
                  f"{_V} {{{{input}}}}[{{{{feature}}}}] {{{{test}}}}"),), width=24),
     Panel("p-value by feature and test (before correction)", "none",
           "The latest window's p-value per feature and test; small values mean the window differs from the "
           "reference. Log scale.",
-          (Query(f"min by (model, version, input, feature, test) (sidemesh_drift_p_value{{{DETECTOR}}})",
+          (Query(f"min by (model, version, input, feature, test) (sidemesh_drift_p_value{{{BY_MODEL}}})",
                  f"{_V} {{{{input}}}}[{{{{feature}}}}] {{{{test}}}}"),), width=24, log_scale=True),
 ]
 
 STATISTICS = [
     Panel("Feature values received by the detector", "cps",
           "Feature values per second in the statistics reports the detector applied.",
-          (Query(f"sum by (model, version) (rate(sidemesh_drift_stats_received_total{{{DETECTOR}}}[{RATE}]))",
+          (Query(f"sum by (model, version) (rate(sidemesh_drift_stats_received_total{{{BY_MODEL}}}[{RATE}]))",
                  "{{model}} v{{version}}"),), width=8),
     Panel("Statistics reports at the detector", "cps",
           "Reports per second by outcome (applied, duplicate, rejected), and reports lost: dropped by sidecars "

@@ -19,7 +19,7 @@ from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync, DataSourceRef, VariableOption, VariableRefresh, VariableSort,
 )
 
-__all__ = ["DATASOURCE", "MESH", "DETECTOR", "NAMESPACE", "Query", "Panel", "dashboard", "increase"]
+__all__ = ["DATASOURCE", "MESH", "BY_MODEL", "NAMESPACE", "Query", "Panel", "dashboard", "increase"]
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 
@@ -28,7 +28,7 @@ MESH = 'namespace=~"$namespace", model=~"$model", version=~"$version"'
 NAMESPACE = 'namespace=~"$namespace"'
 # The drift detector and the control plane are one service for every namespace: their series
 # are filtered by model and version only (their `namespace` is their own).
-DETECTOR = 'model=~"$model", version=~"$version"'
+BY_MODEL = 'model=~"$model", version=~"$version"'
 
 # The variables list what the sidecars have answered for.
 _VARIABLE_METRIC = "sidemesh_requests_total"

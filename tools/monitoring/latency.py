@@ -9,7 +9,7 @@ happened" shows as 0, not as "No data".
 
 from __future__ import annotations
 
-from .grafana import DETECTOR, MESH, NAMESPACE, Panel, Query, dashboard, increase
+from .grafana import BY_MODEL, MESH, NAMESPACE, Panel, Query, dashboard, increase
 
 __all__ = ["latency_dashboard"]
 
@@ -41,7 +41,7 @@ TRAFFIC = [
           "next to the share its weight asks for (sidemesh_route_weight_ratio, from the control plane's routing "
           "state). A gap that lasts is a split not taking effect: see the xDS panels.",
           (Query(f"sum by (model, version) (sidemesh:routed_requests:share1m{{{MESH}}})", f"observed {_MV}"),
-           Query(f"max by (model, version) (sidemesh_route_weight_ratio{{{DETECTOR}}})", f"desired {_MV}")), max_value=1),
+           Query(f"max by (model, version) (sidemesh_route_weight_ratio{{{BY_MODEL}}})", f"desired {_MV}")), max_value=1),
     Panel("Error ratio (5xx)", "percentunit",
           "Share of answers with a 5xx status, as the sidecars saw them (sidemesh:request_errors:ratio_rate1m). "
           "4xx are the caller's mistakes and do not count. Alert: SidemeshHighErrorRatio above 5% for 5 minutes.",
