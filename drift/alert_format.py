@@ -9,19 +9,19 @@ Three bodies, one per kind of receiver (docs/drift.md, "Alerts", documents each)
 
 Bodies are rendered once, when the event enters the outbox, and sent byte for byte on
 every retry: the receiver's HMAC check covers exactly the stored bytes. Keys keep a fixed
-order so equal events give equal bytes.
+order so equal events give equal bytes. JSON, times and the signature are the ones every
+sidemesh notification shares (``sidemesh.notify.wire``), re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
-from .errors import ConfigError
+from sidemesh.notify.wire import SIGNATURE_HEADER, rfc3339, sign
+from sidemesh.notify.wire import dumps as _dumps
+
 from .hysteresis import AlertEvent
 
 __all__ = [
@@ -40,21 +40,9 @@ __all__ = [
 
 FORMAT_VERSION = "1"
 ALERTNAME = "SidemeshInputDrift"
-SIGNATURE_HEADER = "X-Sidemesh-Signature"
 # Go's zero time.Time: what Alertmanager's webhook shows as endsAt while an alert fires.
 ZERO_TIME = "0001-01-01T00:00:00Z"
 _MAX_LISTED = 10
-
-
-def rfc3339(ts: float) -> str:
-    """UTC, millisecond precision, "Z" suffix: e.g. 2026-11-03T10:15:00.250Z."""
-    ms = round(ts * 1000)
-    dt = datetime.fromtimestamp(ms // 1000, UTC)
-    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
-
-
-def _dumps(doc: Any) -> bytes:
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def sidemesh_body(event: AlertEvent) -> bytes:
@@ -73,14 +61,6 @@ def sidemesh_body(event: AlertEvent) -> bytes:
         "summary": event.summary,
         "details": event.details,
     })
-
-
-def sign(body: bytes, secret: bytes | str) -> str:
-    """``sha256=<hex>``: HMAC-SHA256 of the raw body bytes with the shared secret."""
-    key = secret.encode() if isinstance(secret, str) else secret
-    if not isinstance(key, bytes) or not key:
-        raise ConfigError("webhook secret: expected non-empty bytes")
-    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
 def labels(event: AlertEvent) -> dict[str, str]:

@@ -11,6 +11,7 @@ import grpc
 from aiohttp import web
 
 from sidemesh.lifecycle import StackLifecycle
+from sidemesh.notify import Outbox
 
 from .api import build_app
 from .config import DriftConfig
@@ -18,7 +19,6 @@ from .delivery import AlertmanagerTarget, Deliverer, WebhookTarget
 from .errors import DriftError
 from .ingest import MAX_MESSAGE_BYTES, stats_handler
 from .metrics import DriftMetrics
-from .outbox import Outbox
 from .service import DriftService
 from .store import DriftStore
 

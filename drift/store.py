@@ -5,7 +5,7 @@ pending reference captures, windows in progress (checkpointed every few seconds 
 with the last report sequence applied per sidecar, in one transaction, so a report resent
 after a restart is applied exactly once relative to the checkpoint), the alert tracker's
 state, and the evaluation history. The alert outbox lives in the same file, in its own
-tables, behind its own connection (``outbox.Outbox``).
+tables, behind its own connection (``sidemesh.notify.Outbox``).
 
 Statistics are stored as serialized ``InputStats`` messages: the wire format is the storage
 format.

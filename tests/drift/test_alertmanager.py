@@ -10,12 +10,11 @@ import json
 import time
 from datetime import datetime
 
-
 from drift import alert_format as fmt
 from drift.delivery import AlertmanagerTarget, Deliverer, DeliveryPolicy, WebhookTarget
 from drift.hysteresis import AlertTracker
 from drift.metrics import DriftMetrics
-from drift.outbox import Outbox
+from sidemesh.notify import Outbox
 from tests.drift.alert_peers import AlertmanagerProcess, Hook, eventually
 
 DETECTOR = "http://127.0.0.1:9000"

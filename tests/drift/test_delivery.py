@@ -19,7 +19,7 @@ from drift.delivery import AlertmanagerTarget, Deliverer, DeliveryPolicy, Webhoo
 from drift.errors import ConfigError
 from drift.hysteresis import AlertEvent
 from drift.metrics import DriftMetrics
-from drift.outbox import Outbox
+from sidemesh.notify import Outbox
 from tests.control_plane.peers import free_port
 from tests.drift.alert_peers import Hook, eventually
 
@@ -263,7 +263,6 @@ def test_target_names_for_metrics_drop_credentials_and_query_strings():
     (lambda: WebhookTarget("http://x/", format="slack"), "format"),
     (lambda: WebhookTarget("http://x/", secret=b""), "--webhook-secret-file"),
     (lambda: AlertmanagerTarget("am:9093"), "--alertmanager"),
-    (lambda: DeliveryPolicy(backoff_s=0), "backoff_s"),
     (lambda: Deliverer(None, [WebhookTarget("http://x/")] * 2, DriftMetrics(), list), "twice"),
     (lambda: Deliverer(None, [], DriftMetrics(), list, resend_s=0), "resend_s"),
     (lambda: Deliverer(None, [], DriftMetrics(), list, resend_every=5), "resend_every"),

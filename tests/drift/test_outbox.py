@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
 
 from drift.hysteresis import AlertEvent
-from drift.outbox import Outbox, Request
+from sidemesh.notify import Outbox, Request
 
 
 def event(status: str = "firing", model: str = "m", version: str = "1", at: float = 10.0) -> AlertEvent:
@@ -124,3 +125,49 @@ def test_the_outbox_shares_its_file_with_other_tables_on_another_connection(tmp_
     finally:
         box.close()
         other.close()
+
+
+# The detector's tables as drift/outbox.py created them before the outbox moved to sidemesh.notify.
+_EARLIER_SCHEMA = """
+CREATE TABLE alert_events (id TEXT PRIMARY KEY, status TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL,
+                           at REAL NOT NULL, event TEXT NOT NULL);
+CREATE INDEX alert_events_by_model ON alert_events (model, version, at);
+CREATE TABLE alert_deliveries (
+    row_id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL REFERENCES alert_events (id), target TEXT NOT NULL,
+    name TEXT NOT NULL, url TEXT NOT NULL, body BLOB NOT NULL, headers TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed', 'expired')),
+    attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, next_attempt_at REAL NOT NULL, done_at REAL,
+    last_error TEXT);
+CREATE INDEX alert_deliveries_pending ON alert_deliveries (state, target, row_id);
+CREATE INDEX alert_deliveries_by_event ON alert_deliveries (event_id);
+"""
+
+
+def test_a_detector_database_from_before_the_move_opens_unchanged_and_its_queue_goes_on(tmp_path):
+    path = tmp_path / "drift.db"
+    earlier = sqlite3.connect(path, isolation_level=None)
+    earlier.executescript(_EARLIER_SCHEMA)
+    queued = event()
+    earlier.execute("INSERT INTO alert_events VALUES (?, ?, ?, ?, ?, ?)",
+                    (queued.id, queued.status, queued.model, queued.version, queued.at, json.dumps(queued.to_dict())))
+    earlier.execute("INSERT INTO alert_deliveries (event_id, target, name, url, body, headers, state, attempts, created_at,"
+                    " next_attempt_at, last_error) VALUES (?, 'webhook:sidemesh:http://a/hook', 'http://a:80/hook',"
+                    " 'http://a/hook', ?, '{}', 'pending', 2, 1.0, 5.0, 'HTTP 503')", (queued.id, b'{"x":1}'))
+    columns = {t: [c[1] for c in earlier.execute(f"PRAGMA table_info({t})")] for t in ("alert_events", "alert_deliveries")}
+    earlier.close()
+
+    box = Outbox(path)
+    try:
+        row, = box.due(now=5.0, target="webhook:sidemesh:http://a/hook")
+        assert (row.event_id, row.status, row.body, row.attempts, row.last_error) == (queued.id, "firing", b'{"x":1}', 2,
+                                                                                      "HTTP 503")
+        assert box.history()[0]["id"] == queued.id
+    finally:
+        box.close()
+    reopened = sqlite3.connect(path)
+    try:
+        tables = {r[0] for r in reopened.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert tables == {"alert_events", "alert_deliveries", "sqlite_sequence"}          # nothing added or renamed
+        assert {t: [c[1] for c in reopened.execute(f"PRAGMA table_info({t})")] for t in columns} == columns
+    finally:
+        reopened.close()

@@ -1,47 +1,52 @@
-"""The alert outbox: notifications written to SQLite before anyone tries to send them.
+"""The notification outbox: events written to SQLite before anyone tries to send them.
 
-An event and one delivery row per target are written in one transaction when the alert
-changes state; the deliverer then works the rows off. Because the row exists before the
-first attempt and is marked delivered only after a 2xx, a crash or restart at any point
+An event and one delivery row per target are written in one transaction when something
+worth telling happens; the deliverer then works the rows off. Because the row exists before
+the first attempt and is marked delivered only after a 2xx, a crash or restart at any point
 loses nothing (at-least-once; receivers dedupe on the event id).
 
 Rows of one target are delivered in order: only a target's oldest pending row is due, so a
-"resolved" can never overtake the "firing" it ends (Alertmanager would re-fire an alert on
-a late firing post). A row leaves the queue as delivered, failed (a permanent refusal) or
-expired (older than the maximum age); finished rows stay for the alert history until pruned.
+later event can never overtake an earlier one it follows (a "resolved" its "firing", a
+"promoted" its "step"). A row leaves the queue as delivered, failed (a permanent refusal) or
+expired (older than the maximum age); finished rows stay for the history until pruned.
 
-The tables live in the detector's database file beside ``store.DriftStore``'s, on their
-own connection: WAL lets both write without blocking each other's readers, and the busy
-timeout absorbs the short write lock. Thread-safe (one lock), like the store.
+The tables (``<prefix>_events``, ``<prefix>_deliveries``) live in the owner's database file
+beside its other tables, on their own connection: WAL lets both write without blocking each
+other's readers, and the busy timeout absorbs the short write lock. Several outboxes with
+different prefixes can share one file. Thread-safe (one lock).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from .hysteresis import AlertEvent
+from .errors import ConfigError
 
-__all__ = ["Outbox", "OutboxRow", "Request"]
+__all__ = ["Event", "Outbox", "OutboxRow", "Request"]
+
+_PREFIX = re.compile(r"[a-z][a-z0-9_]{0,30}")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS alert_events (
+CREATE TABLE IF NOT EXISTS {p}_events (
     id       TEXT PRIMARY KEY,
     status   TEXT NOT NULL,
     model    TEXT NOT NULL,
     version  TEXT NOT NULL,
     at       REAL NOT NULL,
-    event    TEXT NOT NULL              -- AlertEvent.to_dict() as JSON
+    event    TEXT NOT NULL              -- the event's to_dict() as JSON
 );
-CREATE INDEX IF NOT EXISTS alert_events_by_model ON alert_events (model, version, at);
-CREATE TABLE IF NOT EXISTS alert_deliveries (
+CREATE INDEX IF NOT EXISTS {p}_events_by_model ON {p}_events (model, version, at);
+CREATE TABLE IF NOT EXISTS {p}_deliveries (
     row_id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id        TEXT NOT NULL REFERENCES alert_events (id),
+    event_id        TEXT NOT NULL REFERENCES {p}_events (id),
     target          TEXT NOT NULL,      -- the target's key (unique per configured target)
     name            TEXT NOT NULL,      -- its metrics-safe name (no query, no userinfo)
     url             TEXT NOT NULL,
@@ -54,21 +59,35 @@ CREATE TABLE IF NOT EXISTS alert_deliveries (
     done_at         REAL,
     last_error      TEXT
 );
-CREATE INDEX IF NOT EXISTS alert_deliveries_pending ON alert_deliveries (state, target, row_id);
-CREATE INDEX IF NOT EXISTS alert_deliveries_by_event ON alert_deliveries (event_id);
+CREATE INDEX IF NOT EXISTS {p}_deliveries_pending ON {p}_deliveries (state, target, row_id);
+CREATE INDEX IF NOT EXISTS {p}_deliveries_by_event ON {p}_deliveries (event_id);
 """
-
-_INSERT_DELIVERY = ("INSERT INTO alert_deliveries (event_id, target, name, url, body, headers, state, created_at,"
-                    " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)")
 
 # A target's oldest pending row: the only one of that target that may be attempted.
 _HEADS = """
 SELECT d.row_id, d.event_id, e.status, d.target, d.name, d.url, d.body, d.headers, d.attempts,
        d.created_at, d.next_attempt_at, d.last_error
-FROM alert_deliveries d JOIN alert_events e ON e.id = d.event_id
+FROM {p}_deliveries d JOIN {p}_events e ON e.id = d.event_id
 WHERE d.state = 'pending'
-  AND d.row_id = (SELECT MIN(row_id) FROM alert_deliveries h WHERE h.state = 'pending' AND h.target = d.target)
+  AND d.row_id = (SELECT MIN(row_id) FROM {p}_deliveries h WHERE h.state = 'pending' AND h.target = d.target)
 """
+
+
+class Event(Protocol):
+    """What the outbox stores: an id receivers dedupe on, a status (a metrics label), the model
+    version it is about, when it happened (unix seconds), and its JSON-ready history form."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def at(self) -> float: ...
+    def to_dict(self) -> dict: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +105,7 @@ class Request:
 class OutboxRow:
     row_id: int
     event_id: str
-    status: str                 # the event's status ("firing" | "resolved"), for metrics
+    status: str                 # the event's status, for metrics
     target: str
     name: str
     url: str
@@ -99,16 +118,24 @@ class OutboxRow:
 
 
 class Outbox:
-    def __init__(self, path: str | Path) -> None:
+    """``Outbox(path, prefix="alert")`` keeps its rows in ``alert_events`` / ``alert_deliveries``."""
+
+    def __init__(self, path: str | Path, prefix: str = "alert") -> None:
+        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+            raise ConfigError(f"outbox prefix: expected a lowercase SQL name like 'alert' ([a-z][a-z0-9_]*), got {prefix!r}")
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path)
+        self.prefix = prefix
+        self._events = f"{prefix}_events"
+        self._deliveries = f"{prefix}_deliveries"
+        self._heads = _HEADS.format(p=prefix)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA journal_mode=WAL")
         # A notification acknowledged to nobody yet must survive power loss, not only a crash.
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(_SCHEMA.format(p=prefix))
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -132,31 +159,32 @@ class Outbox:
 
     # --- the queue ------------------------------------------------------------------------
 
-    def add(self, event: AlertEvent, requests: Iterable[Request], now: float | None = None) -> list[int]:
+    def add(self, event: Event, requests: Iterable[Request], now: float | None = None) -> list[int]:
         """Store the event and one pending row per request, atomically; return the row ids.
         With no requests the event is still recorded (it shows in the history)."""
         now = time.time() if now is None else now
-        statements = [("INSERT OR IGNORE INTO alert_events VALUES (?, ?, ?, ?, ?, ?)",
+        statements = [(f"INSERT OR IGNORE INTO {self._events} VALUES (?, ?, ?, ?, ?, ?)",
                        (event.id, event.status, event.model, event.version, event.at, json.dumps(event.to_dict())))]
+        insert = (f"INSERT INTO {self._deliveries} (event_id, target, name, url, body, headers, state, created_at,"
+                  " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)")
         for r in requests:
-            statements.append((
-                _INSERT_DELIVERY,
-                (event.id, r.target, r.name, r.url, r.body, json.dumps(dict(r.headers)), now, now)))
+            statements.append((insert, (event.id, r.target, r.name, r.url, r.body, json.dumps(dict(r.headers)), now, now)))
         return [c.lastrowid for c in self._write(statements)[1:]]
 
     def due(self, now: float, limit: int = 100, target: str | None = None) -> list[OutboxRow]:
         """Rows to attempt now: each target's oldest pending row, if its retry time has come."""
-        sql = _HEADS + " AND d.next_attempt_at <= ?" + (" AND d.target = ?" if target is not None else "")
+        sql = self._heads + " AND d.next_attempt_at <= ?" + (" AND d.target = ?" if target is not None else "")
         args = (now, target) if target is not None else (now,)
         return [_row(r) for r in self._read(sql + " ORDER BY d.row_id LIMIT ?", (*args, limit))]
 
     def next_attempt_at(self, target: str | None = None) -> float | None:
         """When the earliest head row becomes due (None: nothing pending), to sleep until then."""
-        sql = "SELECT MIN(next_attempt_at) FROM (" + _HEADS + (" AND d.target = ?)" if target is not None else ")")
+        sql = "SELECT MIN(next_attempt_at) FROM (" + self._heads + (" AND d.target = ?)" if target is not None else ")")
         return self._read(sql, (target,) if target is not None else ())[0][0]
 
     def delivered(self, row_id: int, at: float) -> None:
-        sql = "UPDATE alert_deliveries SET state = 'delivered', attempts = attempts + 1, done_at = ? WHERE row_id = ? AND state = 'pending'"
+        sql = (f"UPDATE {self._deliveries} SET state = 'delivered', attempts = attempts + 1, done_at = ?"
+               " WHERE row_id = ? AND state = 'pending'")
         self._write([(sql, (at, row_id))])
 
     def failed(self, row_id: int, error: str, next_attempt_at: float | None, at: float | None = None) -> None:
@@ -164,11 +192,11 @@ class Outbox:
         refused for good, e.g. a 400), which takes the row out of the queue."""
         if next_attempt_at is None:
             at = time.time() if at is None else at
-            sql = ("UPDATE alert_deliveries SET state = 'failed', attempts = attempts + 1, last_error = ?, done_at = ?"
+            sql = (f"UPDATE {self._deliveries} SET state = 'failed', attempts = attempts + 1, last_error = ?, done_at = ?"
                    " WHERE row_id = ? AND state = 'pending'")
             self._write([(sql, (error, at, row_id))])
         else:
-            sql = ("UPDATE alert_deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
+            sql = (f"UPDATE {self._deliveries} SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
                    " WHERE row_id = ? AND state = 'pending'")
             self._write([(sql, (error, next_attempt_at, row_id))])
 
@@ -178,9 +206,9 @@ class Outbox:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                counts = self._db.execute(f"SELECT name, COUNT(*) FROM alert_deliveries {where} GROUP BY name",
+                counts = self._db.execute(f"SELECT name, COUNT(*) FROM {self._deliveries} {where} GROUP BY name",
                                           (created_before,)).fetchall()
-                self._db.execute("UPDATE alert_deliveries SET state = 'expired', done_at = ?,"
+                self._db.execute(f"UPDATE {self._deliveries} SET state = 'expired', done_at = ?,"
                                  " last_error = COALESCE(last_error || '; ', '') || 'expired: older than the maximum age'"
                                  f" {where}", (at, created_before))
             except BaseException:
@@ -191,18 +219,18 @@ class Outbox:
 
     def pending(self, target: str | None = None) -> int:
         if target is None:
-            return self._read("SELECT COUNT(*) FROM alert_deliveries WHERE state = 'pending'")[0][0]
-        return self._read("SELECT COUNT(*) FROM alert_deliveries WHERE state = 'pending' AND target = ?", (target,))[0][0]
+            return self._read(f"SELECT COUNT(*) FROM {self._deliveries} WHERE state = 'pending'")[0][0]
+        return self._read(f"SELECT COUNT(*) FROM {self._deliveries} WHERE state = 'pending' AND target = ?", (target,))[0][0]
 
     def prune(self, before: float) -> int:
         """Delete finished rows done before ``before``, and events left with no rows; return rows deleted."""
         cursors = self._write([
-            ("DELETE FROM alert_deliveries WHERE state != 'pending' AND done_at < ?", (before,)),
-            ("DELETE FROM alert_events WHERE at < ? AND id NOT IN (SELECT event_id FROM alert_deliveries)", (before,)),
+            (f"DELETE FROM {self._deliveries} WHERE state != 'pending' AND done_at < ?", (before,)),
+            (f"DELETE FROM {self._events} WHERE at < ? AND id NOT IN (SELECT event_id FROM {self._deliveries})", (before,)),
         ])
         return cursors[0].rowcount
 
-    # --- the history (for the HTTP API) -----------------------------------------------------
+    # --- the history (for HTTP APIs) --------------------------------------------------------
 
     def history(self, limit: int = 50, model: str | None = None, version: str | None = None) -> list[dict]:
         """Newest events first, each with every target's delivery state, attempts and last error."""
@@ -211,14 +239,14 @@ class Outbox:
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
-        sql = "SELECT id, event FROM alert_events" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = f"SELECT id, event FROM {self._events}" + (" WHERE " + " AND ".join(where) if where else "")
         events = self._read(sql + " ORDER BY at DESC, rowid DESC LIMIT ?", (*args, limit))
         if not events:
             return []
         marks = ",".join("?" * len(events))
         deliveries: dict[str, list[dict]] = {}
         for event_id, name, state, attempts, created_at, done_at, last_error in self._read(
-                "SELECT event_id, name, state, attempts, created_at, done_at, last_error FROM alert_deliveries"
+                f"SELECT event_id, name, state, attempts, created_at, done_at, last_error FROM {self._deliveries}"
                 f" WHERE event_id IN ({marks}) ORDER BY row_id", tuple(e[0] for e in events)):
             deliveries.setdefault(event_id, []).append({
                 "target": name, "state": state, "attempts": attempts, "created_at": created_at,
