@@ -1,7 +1,7 @@
 """The admin REST API: read and change the routing state, list the nodes.
 
 Handlers parse, call the ``RouteStore`` and answer JSON; validation lives in ``routing``
-and history in ``store``. Every ``/v1`` handler is registered through ``_guard``, which
+and history in ``store``. Every ``/v1`` handler is registered through ``guard``, which
 checks the bearer token (reads need any token, changes an ``admin`` one) and hands the
 handler the token's name as the author; a handler registered without it would fail
 rather than serve unauthenticated. Errors become ``{"error": "..."}`` with their status in
@@ -23,7 +23,7 @@ from .openapi import openapi_document
 from .routing import Route
 from .store import Change, RouteStore
 
-__all__ = ["AdminState", "ADMIN_KEY", "ANONYMOUS", "build_admin_app"]
+__all__ = ["AdminState", "ADMIN_KEY", "ANONYMOUS", "build_admin_app", "guard", "json_body"]
 
 log = logging.getLogger("sidemesh.control_plane")
 ANONYMOUS = "anonymous"  # the author of changes made when the API runs without tokens
@@ -67,7 +67,7 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         return _error(500, "internal error in the control plane; its log has the details")
 
 
-def _guard(handler: Handler, write: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
+def guard(handler: Handler, write: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def guarded(request: web.Request) -> web.Response:
         auth = request.app[ADMIN_KEY].auth
         author = ANONYMOUS if auth is None else auth.check(request.headers.get(hdrs.AUTHORIZATION), write)
@@ -76,11 +76,11 @@ def _guard(handler: Handler, write: bool) -> Callable[[web.Request], Awaitable[w
     return guarded
 
 
-async def _json_body(request: web.Request) -> Any:
+async def json_body(request: web.Request, example: str = "a route document such as " + _EXAMPLE) -> Any:
     try:
         return json.loads(await request.read())
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting past the recursion limit
-        raise ValidationError("", f"the request body is not valid JSON ({exc}); send a route document such as {_EXAMPLE}") from None
+        raise ValidationError("", f"the request body is not valid JSON ({exc}); send {example}") from None
 
 
 def _applied(state: AdminState, change: Change) -> web.Response:
@@ -103,7 +103,7 @@ async def _get_route(request: web.Request, author: str) -> web.Response:
 
 async def _put_route(request: web.Request, author: str) -> web.Response:
     state = request.app[ADMIN_KEY]
-    route = Route.from_dict(request.match_info["model"], await _json_body(request))
+    route = Route.from_dict(request.match_info["model"], await json_body(request))
     return _applied(state, state.store.put(route, author))
 
 
@@ -154,10 +154,10 @@ def build_admin_app(
     app[ADMIN_KEY] = AdminState(store, nodes, on_change, auth)
     route = "/v1/routes/{model}"
     for path, handler in (("/v1/routes", _list_routes), (route, _get_route), ("/v1/history", _history), ("/v1/nodes", _nodes)):
-        app.router.add_get(path, _guard(handler, write=False))
-    app.router.add_put(route, _guard(_put_route, write=True))
-    app.router.add_delete(route, _guard(_delete_route, write=True))
-    app.router.add_post(route + "/rollback", _guard(_rollback, write=True))
+        app.router.add_get(path, guard(handler, write=False))
+    app.router.add_put(route, guard(_put_route, write=True))
+    app.router.add_delete(route, guard(_delete_route, write=True))
+    app.router.add_post(route + "/rollback", guard(_rollback, write=True))
     app.router.add_get("/openapi.json", _openapi)  # public: no token needed
     app.router.add_get("/healthz", _health)
     return app

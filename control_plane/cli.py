@@ -27,6 +27,20 @@ def build_parser(prog: str = "sidemesh control-plane") -> argparse.ArgumentParse
                         "without it the admin API is open")
     parser.add_argument("--endpoint-grace", type=float, default=2.0, metavar="SECONDS",
                         help="how long a disconnected sidecar stays an endpoint (default 2)")
+    canary = parser.add_argument_group("canary analysis (`sidemesh canary`)")
+    canary.add_argument("--webhook", action="append", default=[], metavar="URL",
+                        help="send every canary event (started, step, promoted, rolled_back, aborted) to this URL as JSON; "
+                        "repeatable; delivered at least once, in order, surviving restarts")
+    canary.add_argument("--webhook-secret-file", type=Path, metavar="FILE",
+                        help="sign webhook bodies with HMAC-SHA256 using this file's content (X-Sidemesh-Signature)")
+    canary.add_argument("--drift-url", metavar="URL", help="the drift detector's HTTP API (e.g. http://127.0.0.1:9000), "
+                        "for the canary drift gate; without it canaries need --no-drift")
+    canary.add_argument("--prometheus-url", metavar="URL", help="measure canary gates with PromQL queries against this "
+                        "Prometheus instead of the sidecars' own load reports")
+    canary.add_argument("--load-report-interval", type=float, default=2.0, metavar="SECONDS",
+                        help="how often sidecars report their measurements (LRS) to the control plane (default 2)")
+    canary.add_argument("--canary-tick", type=float, default=1.0, metavar="SECONDS",
+                        help="how often running canaries are re-evaluated (default 1)")
     return parser
 
 
@@ -38,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = ControlPlaneConfig(
             state=args.state, host=args.host, admin_port=args.admin_port, xds_port=args.xds_port,
-            token_file=args.token_file, endpoint_grace_s=args.endpoint_grace,
+            token_file=args.token_file, endpoint_grace_s=args.endpoint_grace, webhooks=tuple(args.webhook),
+            webhook_secret_file=args.webhook_secret_file, drift_url=args.drift_url, prometheus_url=args.prometheus_url,
+            load_report_interval_s=args.load_report_interval, canary_tick_s=args.canary_tick,
         )
         import uvloop
 

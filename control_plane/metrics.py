@@ -54,6 +54,24 @@ class _NodeGauges:
         yield mirrors
 
 
+class _CanaryGauges:
+    """Scrape-time view of the running canaries."""
+
+    def __init__(self, controller) -> None:
+        self._controller = controller
+
+    def collect(self):
+        weight = GaugeMetricFamily("sidemesh_canary_weight_ratio", "Share of a model's requests the running canary gives "
+                                   "its candidate (0 in the shadow phase).", labels=["model", "version"])
+        step = GaugeMetricFamily("sidemesh_canary_step", "The running canary's phase: 0 shadow, N for step N (1-based).",
+                                 labels=["model", "version"])
+        for canary in self._controller.running():
+            weight.add_metric([canary.model, canary.candidate], canary.weight / 100.0 if canary.state == "step" else 0.0)
+            step.add_metric([canary.model, canary.candidate], 0 if canary.step is None or canary.state == "shadow" else canary.step + 1)
+        yield weight
+        yield step
+
+
 class ControlPlaneMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -64,11 +82,27 @@ class ControlPlaneMetrics:
             "sidemesh_control_plane_rebuild_duration_seconds", "Time to build and publish every node's snapshot.",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=registry,
         )
+        self.load_reports = Counter("sidemesh_load_reports_received", "Load reports (LRS) received from sidecars, one per "
+                                    "report, with the clusters they covered.", registry=registry)
+        self.load_report_clusters = Counter("sidemesh_load_report_clusters_received", "Per-cluster load statistics taken "
+                                            "from the reports.", registry=registry)
+        self.canary_decisions = Counter("sidemesh_canary_decisions", "Canary transitions: started, step, promoted, "
+                                        "rolled_back, aborted.", ["model", "decision"], registry=registry)
         self._responses = {t: self.responses.labels(n) for t, n in TYPE_NAMES.items()}
         self._nacks = {t: self.nacks.labels(n) for t, n in TYPE_NAMES.items()}
 
     def watch(self, control_plane: "ControlPlane") -> None:
         self.registry.register(_NodeGauges(control_plane))
+
+    def watch_canaries(self, controller) -> None:
+        self.registry.register(_CanaryGauges(controller))
+
+    def reported(self, node_id: str, clusters: int) -> None:
+        self.load_reports.inc()
+        self.load_report_clusters.inc(clusters)
+
+    def canary_decided(self, model: str, decision: str) -> None:
+        self.canary_decisions.labels(model, decision).inc()
 
     def sent(self, type_url: str) -> None:
         counter = self._responses.get(type_url)

@@ -150,6 +150,42 @@ _SCHEMAS: dict = {
             }]},
         },
     },
+    "CanarySpec": {
+        "type": "object", "additionalProperties": False, "required": ["to"],
+        "properties": {
+            "to": {**_VERSION, "description": "the candidate version"},
+            "shadow_first": {"type": "boolean", "default": False, "description": "mirror to the candidate first and gate on agreement"},
+            "steps": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 100}, "minItems": 1,
+                      "default": [5, 10, 25, 50, 100], "description": "candidate weight percentages, strictly increasing"},
+            "interval_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400, "default": 60},
+            "max_error_ratio": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.01},
+            "max_p99_ms": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None},
+            "min_agreement": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.98},
+            "drift": {"type": "boolean", "default": True, "description": "gate on the drift detector's verdicts (needs --drift-url)"},
+            "min_requests": {"type": "integer", "minimum": 1, "default": 100, "description": "sample needed per phase"},
+            "mirror_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100, "default": 100},
+            "step_timeout_s": {"type": ["number", "null"], "exclusiveMinimum": 0,
+                               "description": "a phase short of its sample fails after this (default ten intervals)"},
+        },
+    },
+    "Canary": {
+        "type": "object", "required": ["id", "model", "candidate", "state", "active", "spec", "history"],
+        "properties": {
+            "id": {"type": "string"}, "model": {"type": "string"}, "candidate": {"type": "string"},
+            "baseline": {"type": "object", "additionalProperties": {"type": "integer"}, "description": "weights before the canary"},
+            "state": {"enum": ["shadow", "step", "promoted", "rolled_back", "aborted"]}, "active": {"type": "boolean"},
+            "phase": {"type": "string"}, "step": {"type": ["integer", "null"]}, "weight": {"type": "number"},
+            "spec": _ref("CanarySpec"), "started_at": {"type": "number"}, "phase_started_at": {"type": "number"},
+            "finished_at": {"type": ["number", "null"]}, "reason": {"type": ["string", "null"]},
+            "failed_gate": {"type": ["string", "null"]}, "route_version": {"type": "integer"},
+            "measurement": {"type": ["object", "null"]}, "gates": {"type": "array", "items": {"type": "object"}},
+            "history": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "CanaryList": {
+        "type": "object", "required": ["canaries"],
+        "properties": {"canaries": {"type": "array", "items": _ref("Canary")}},
+    },
     "NodeList": {
         "type": "object", "required": ["nodes"],
         "properties": {"nodes": {"type": "array", "items": _ref("Node")}},
@@ -187,6 +223,23 @@ _PATHS: dict = {
     "/v1/nodes": {"get": {
         "summary": "sidecars and proxies known to the control plane, with what they applied",
         "operationId": "listNodes", "responses": _responses("NodeList", "the nodes"),
+    }},
+    "/v1/canaries": {"get": {
+        "summary": "the latest canary of every model", "operationId": "listCanaries",
+        "responses": _responses("CanaryList", "the canaries"),
+    }},
+    "/v1/canaries/{model}": {
+        "parameters": [_MODEL],
+        "get": {"summary": "the model's latest canary, running or finished", "operationId": "getCanary",
+                "responses": _responses("Canary", "the canary", "404")},
+        "post": {"summary": "start a canary (admin); it runs inside the control plane", "operationId": "startCanary",
+                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CanarySpec")}}},
+                 "responses": {"201" if code == "200" else code: value
+                               for code, value in _responses("Canary", "the canary started", "400", "403", "404", "409").items()}},
+    },
+    "/v1/canaries/{model}/abort": {"parameters": [_MODEL], "post": {
+        "summary": "stop the running canary and restore the route as before it (admin)", "operationId": "abortCanary",
+        "responses": _responses("Canary", "the aborted canary", "403", "409"),
     }},
     "/healthz": {"get": {
         "summary": "liveness", "operationId": "health", "security": [],

@@ -1,5 +1,6 @@
-"""Assembles and runs the control plane: SQLite store, xDS (ADS) on grpcio, admin API on
-aiohttp, and the rebuild task; torn down in reverse through one ``AsyncExitStack``."""
+"""Assembles and runs the control plane: SQLite store, xDS (ADS) and load reports (LRS) on
+grpcio, the admin API on aiohttp, the rebuild task and the canary controller; torn down in
+reverse through one ``AsyncExitStack``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,14 @@ from sidemesh.lifecycle import StackLifecycle
 from .admin import build_admin_app
 from .ads import ads_handler
 from .auth import TokenAuth
+from .canary.api import add_canary_routes
+from .canary.controller import CanaryController
+from .canary.drift_client import DriftClient
+from .canary.ledger import LoadLedger
+from .canary.notify import start_events
+from .canary.state import CanaryStore
 from .errors import ControlPlaneError
+from .lrs import lrs_handler
 from .service import ControlPlane
 from .store import RouteStore
 
@@ -40,6 +48,12 @@ class ControlPlaneConfig:
     xds_port: int = 15010
     token_file: Path | None = None
     endpoint_grace_s: float = 2.0
+    webhooks: tuple[str, ...] = ()  # canary events go to each
+    webhook_secret_file: Path | None = None
+    drift_url: str | None = None  # the drift detector, for the canary drift gate
+    prometheus_url: str | None = None  # canary gates query it instead of the sidecars' load reports
+    load_report_interval_s: float = 2.0  # what the LRS server asks of sidecars
+    canary_tick_s: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("admin_port", "xds_port"):
@@ -48,6 +62,10 @@ class ControlPlaneConfig:
                 raise ValueError(f"{name}: expected a port 0-65535, got {port!r}")
         if self.endpoint_grace_s < 0:
             raise ValueError(f"endpoint_grace_s: expected >= 0, got {self.endpoint_grace_s}")
+        for name, flag in (("load_report_interval_s", "--load-report-interval"), ("canary_tick_s", "--canary-tick")):
+            value = getattr(self, name)
+            if not 0.05 <= value <= 3600:
+                raise ValueError(f"{flag}: expected seconds between 0.05 and 3600, got {value}")
 
 
 def _say(message: str) -> None:
@@ -69,16 +87,13 @@ class ControlPlaneServer(StackLifecycle):
         store = RouteStore(cfg.state)
         self._stack.callback(store.close)
         self.control_plane = cp = ControlPlane(store, grace_s=cfg.endpoint_grace_s)
-        task = asyncio.get_running_loop().create_task(cp.run(), name="rebuild")
-
-        async def stop_task() -> None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-        self._stack.push_async_callback(stop_task)
+        self._run_task(cp.run(), "rebuild")
+        self.ledger = ledger = LoadLedger()
+        self.canaries = canaries = await self._canaries(cfg, cp, ledger)
+        self._run_task(canaries.run(), "canaries")
 
         xds = grpc.aio.server(options=_XDS_OPTIONS)
-        xds.add_generic_rpc_handlers((ads_handler(cp),))
+        xds.add_generic_rpc_handlers((ads_handler(cp), lrs_handler(ledger, cfg.load_report_interval_s, cp.metrics.reported)))
         self.xds_port = xds.add_insecure_port(f"{cfg.host}:{cfg.xds_port}")
         if self.xds_port == 0:
             raise ControlPlaneError(f"cannot listen for xDS on {cfg.host}:{cfg.xds_port}")
@@ -86,6 +101,7 @@ class ControlPlaneServer(StackLifecycle):
         self._stack.push_async_callback(xds.stop, 1.0)
 
         app = build_admin_app(store, cp.nodes.status, cp.changed, auth)
+        add_canary_routes(app, canaries)
 
         async def metrics(request: web.Request) -> web.Response:  # unauthenticated, like /healthz
             return web.Response(body=generate_latest(cp.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -100,7 +116,40 @@ class ControlPlaneServer(StackLifecycle):
         _say(f"admin API on http://{cfg.host}:{self.admin_port}, xDS (ADS) on {cfg.host}:{self.xds_port}, state in {cfg.state}")
         if auth is None:
             _say("the admin API is open: no --token-file was given")
-        _say(f"ready; {len(store.routes())} model route(s) at version {store.version}")
+        running = canaries.running()
+        _say(f"ready; {len(store.routes())} model route(s) at version {store.version}"
+             + (f"; resumed {len(running)} canar{'y' if len(running) == 1 else 'ies'}" if running else ""))
+
+    def _run_task(self, coro, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+
+        async def stop_task() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        self._stack.push_async_callback(stop_task)
+
+    async def _canaries(self, cfg: ControlPlaneConfig, cp: ControlPlane, ledger: LoadLedger) -> CanaryController:
+        """The canary controller with its measurement source, drift client and event delivery."""
+        source = ledger
+        if cfg.prometheus_url:
+            from .canary.prometheus import PrometheusSource  # only when configured
+
+            source = PrometheusSource(cfg.prometheus_url)
+        drift = None
+        if cfg.drift_url:
+            drift = DriftClient(cfg.drift_url)
+            self._stack.push_async_callback(drift.close)
+        store = CanaryStore(cfg.state)
+        self._stack.callback(store.close)
+        notify = await start_events(self._stack, cfg.state, cfg.webhooks, cfg.webhook_secret_file, cp.metrics.registry)
+        controller = CanaryController(
+            cp.store, store, source, endpoints=cp.nodes.endpoints, on_change=cp.changed, notify=notify, drift=drift,
+            # The ledger drops reports that straddle a phase's start; Prometheus gets a scrape's worth of time.
+            tick_s=cfg.canary_tick_s, settle_s=cfg.load_report_interval_s if cfg.prometheus_url else 0.0,
+            on_decision=cp.metrics.canary_decided)
+        cp.metrics.watch_canaries(controller)
+        return controller
 
 
 async def serve(config: ControlPlaneConfig) -> None:

@@ -33,6 +33,8 @@ def build_parser(prog: str = "sidemesh sidecar") -> argparse.ArgumentParser:
     p.add_argument("--admin", default="127.0.0.1:15020", help="admin address: /healthz/ready, /healthz/live, /metrics, /config_dump (default 127.0.0.1:15020)")
     p.add_argument("--control-plane", metavar="HOST:PORT", help="the control plane's xDS address (e.g. 127.0.0.1:15010); "
                    "without it the sidecar serves the static fallback: everything to the local upstream")
+    p.add_argument("--load-report-to", metavar="HOST:PORT", help="where the sidecar reports the traffic it measured per "
+                   "version (Envoy LRS, what canary gates read; default: the --control-plane address; without either, none)")
     p.add_argument("--advertise", metavar="HOST:PORT", help="the REST address other sidecars reach this one at (default: --listen); the pod IP on Kubernetes")
     p.add_argument("--advertise-grpc", metavar="HOST:PORT", help="the gRPC address other sidecars reach this one at (default: --grpc-listen)")
     p.add_argument("--node-id", default="", help="xDS node id (default MODEL-VERSION-HOSTNAME-PID)")
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             upstream=addr(args.upstream, "--upstream"), upstream_grpc=addr(args.upstream_grpc, "--upstream-grpc"),
             listen=addr(args.listen, "--listen"), grpc_listen=addr(args.grpc_listen, "--grpc-listen"),
             admin=addr(args.admin, "--admin"), control_plane=addr(args.control_plane, "--control-plane"),
+            load_report_to=addr(args.load_report_to, "--load-report-to"),
             advertise=addr(args.advertise, "--advertise"), advertise_grpc=addr(args.advertise_grpc, "--advertise-grpc"),
             node_id=args.node_id, static_after_s=args.static_after, max_concurrent=args.max_concurrent,
             max_body_bytes=args.max_body_bytes, drain_timeout_s=args.drain_timeout, connect_timeout_s=args.connect_timeout,

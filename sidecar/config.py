@@ -48,6 +48,7 @@ class SidecarConfig:
     grpc_listen: tuple[str, int] | None = None  # defaults to 127.0.0.1:15002 when upstream_grpc is set
     admin: tuple[str, int] = ("127.0.0.1", 15020)
     control_plane: tuple[str, int] | None = None  # None: static routing from the start
+    load_report_to: tuple[str, int] | None = None  # the LRS server; None: the control plane's address
     advertise: tuple[str, int] | None = None  # where other sidecars reach us; default: listen
     advertise_grpc: tuple[str, int] | None = None
     node_id: str = ""
@@ -102,3 +103,8 @@ class SidecarConfig:
     @property
     def advertised_grpc(self) -> tuple[str, int] | None:
         return self.advertise_grpc or self.grpc_listen
+
+    @property
+    def load_reports(self) -> tuple[str, int] | None:
+        """Where load reports go: ``load_report_to``, else the control plane; None: nowhere."""
+        return self.load_report_to or self.control_plane

@@ -39,6 +39,7 @@ HTTP_EQUIVALENT = {
     C.FAILED_PRECONDITION: "400", C.ABORTED: "409", C.OUT_OF_RANGE: "400", C.UNIMPLEMENTED: "501",
     C.INTERNAL: "500", C.UNAVAILABLE: "503", C.DATA_LOSS: "500", C.UNAUTHENTICATED: "401",
 }
+_SERVER_ERRORS = frozenset(code for code, http in HTTP_EQUIVALENT.items() if int(http) >= 500)  # what load reports count as errors
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -182,14 +183,14 @@ class GrpcProxy:
         original = request
         if decision.local:
             if self.config.upstream_grpc is None:
-                self._record(label, version, C.UNAVAILABLE, received)
+                self._record(label, version, C.UNAVAILABLE, received, decision.entry if method == _INFER else None)
                 await context.abort(C.UNAVAILABLE, "this sidecar has no local gRPC upstream (--upstream-grpc)")
             if model == router.model and path_version is None and method not in _SERVER_SCOPED:
                 request = with_version(request, version.encode())
             targets = None
         else:
             if decision.cluster is None or not decision.cluster.endpoints:
-                self._record(label, version, C.UNAVAILABLE, received)
+                self._record(label, version, C.UNAVAILABLE, received, decision.entry if method == _INFER else None)
                 await context.abort(C.UNAVAILABLE, f"version {version!r} of model {label!r} has no endpoint: no sidecar of that version is connected")
             targets = decision.cluster
             metadata += [(k.decode(), v.decode()) for k, v in decision.headers]
@@ -211,7 +212,7 @@ class GrpcProxy:
             client_span.end(status, error)
             span.end(status, version, error)
         await context.send_initial_metadata(((VERSION_HEADER.decode(), version),))
-        self._record(label, version, code, received)
+        self._record(label, version, code, received, decision.entry if method == _INFER else None)
         route = decision.route
         if route is not None and route.mirrors and method == _INFER:
             for shadow in router.mirrors(route):
@@ -279,8 +280,11 @@ class GrpcProxy:
             return "gateway-error"
         return None
 
-    def _record(self, label: str, version: str, code: grpc.StatusCode, received: float) -> None:
-        self.m.answered(label, version, HTTP_EQUIVALENT.get(code, "500"), time.perf_counter() - received)
+    def _record(self, label: str, version: str, code: grpc.StatusCode, received: float, entry: str | None = None) -> None:
+        seconds = time.perf_counter() - received
+        self.m.answered(label, version, HTTP_EQUIVALENT.get(code, "500"), seconds)
+        if entry is not None and (load := self.m.load) is not None:
+            load.entry(entry, code in _SERVER_ERRORS or code not in HTTP_EQUIVALENT, seconds)
 
     async def _send_shadow(self, job: MirrorJob, endpoint: Endpoint, timeout: float, traceparent: bytes | None) -> ShadowAnswer:
         drop = _DROP_METADATA if traceparent is not None else _DROP_METADATA - {"traceparent"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .metrics import DELTA_BUCKETS, DIFF_BUCKETS, MetricSet
 
-__all__ = ["Instruments", "StatsInstruments"]
+__all__ = ["Instruments", "StatsInstruments", "LoadReportInstruments"]
 
 _MV = ("model", "version")
 _MIRROR = ("model", "version", "shadow_version")
@@ -16,6 +16,9 @@ class Instruments:
         """``model``/``version``: this sidecar's own, the labels of what it refuses itself."""
         m = metrics
         self._own = (model, version)
+        # What the load reports carry (load_report.LoadRecorder); set only when the sidecar
+        # sends them, so the request path checks one attribute for None.
+        self.load = None
         self.requests = m.counter("sidemesh_requests_total", "Requests answered, by the version that answered and the status code.", _MV + ("code",))
         self.duration = m.histogram("sidemesh_request_duration_seconds", "Time from a complete request to its response, retries included.", _MV)
         self.upstream_duration = m.histogram(
@@ -68,3 +71,15 @@ class StatsInstruments:
                                           "with an error); they are not sent again.", ())
         self.reports_dropped = m.counter("sidemesh_stats_reports_dropped_total", "Reports dropped unsent or unacknowledged, oldest "
                                          "first, because the queue was full (the drift detector was away or slow).", ())
+
+
+class LoadReportInstruments:
+    """The load reports to the control plane (LRS); made only when they are on."""
+
+    def __init__(self, metrics: MetricSet) -> None:
+        m = metrics
+        self.reports_sent = m.counter("sidemesh_load_reports_sent_total", "Load reports written to the control plane's LRS "
+                                      "stream, one per reporting interval while it is up.", ())
+        self.dropped = m.counter(
+            "sidemesh_load_report_dropped_total", "Requests and shadow copies left out of the load reports, by reason: "
+            "not_requested (the server asked for other clusters), too_many_clusters (the recorder's cap on clusters).", ("reason",))

@@ -4,8 +4,10 @@ The request path only appends a finished exchange (request and primary answer) t
 bounded queue, after the primary answer is on its way to the client. A fixed number of
 workers send the copies to the shadow version and compare the answers: agreement of the
 predicted label, largest absolute and relative differences, latency delta and shadow
-errors, labelled (model, primary version, shadow version). When the queue is full (a slow
-or dead shadow) copies are dropped and counted; the primary never waits for a shadow.
+errors, labelled (model, primary version, shadow version), and the same outcomes on the
+shadow's cluster in the load reports (``load_report``), which canary gates read. When the
+queue is full (a slow or dead shadow) copies are dropped and counted; the primary never
+waits for a shadow.
 """
 
 from __future__ import annotations
@@ -171,9 +173,12 @@ class Mirror:
         # No panic mode for copies: while every shadow endpoint is ejected, a copy counts as a
         # shadow error without a connection attempt (with a dead shadow, an attempt per copy
         # doubled the sidecar's CPU per request and raised the primary's p99; tests/faults).
+        load = self._m.load
         endpoint = self._outliers.pick(job.cluster, panic=False) if job.cluster is not None else None
         if endpoint is None:
             self._m.mirror.inc(labels + ("shadow_error",))
+            if load is not None:
+                load.shadow_error(job.shadow.cluster)
             return
         if job.compare and self._compare_import is None:
             # numpy and the V2 messages take ~0.2 s to import: imported on the event loop when
@@ -189,16 +194,20 @@ class Mirror:
             span.end(answer.status if job.kind == "rest" else None, answer.error)
         if not answer.ok:
             self._m.mirror.inc(labels + ("shadow_error",))
+            if load is not None:
+                load.shadow_error(job.shadow.cluster)
             return
         if not self._primary_ok(job):
             self._m.mirror.inc(labels + ("primary_error",))
             return
         self._m.mirror.inc(labels + ("ok",))
         self._m.latency_delta.observe(labels, answer.elapsed - job.primary_elapsed)
+        if load is not None:
+            load.shadow_answer(job.shadow.cluster, answer.elapsed)
         if job.compare:
             if self._compare is None:
                 self._compare = await self._compare_import
-            self._record_comparison(job, answer, labels)
+            self._record_comparison(job, answer, labels, load)
 
     @staticmethod
     def _primary_ok(job: MirrorJob) -> bool:
@@ -225,8 +234,9 @@ class Mirror:
         return ShadowAnswer(ok, response.status, response.headers, response.body, response.elapsed,
                             None if ok else f"shadow answered {response.status}")
 
-    def _record_comparison(self, job: MirrorJob, answer: ShadowAnswer, labels: tuple) -> None:
+    def _record_comparison(self, job: MirrorJob, answer: ShadowAnswer, labels: tuple, load) -> None:
         c = self._compare
+        cluster = job.shadow.cluster
         try:
             if job.kind == "grpc":
                 primary, shadow = c.decode_grpc(job.primary_body), c.decode_grpc(answer.body)
@@ -235,12 +245,18 @@ class Mirror:
             result = c.compare(primary, shadow)
         except CompareError:
             self._m.mismatches.inc(labels)
+            if load is not None:
+                load.shadow_mismatch(cluster)
             return
         if result.mismatch is not None:
             self._m.mismatches.inc(labels)
+            if load is not None:
+                load.shadow_mismatch(cluster)
         if result.rows:
             self._m.compared_rows.inc(labels, result.rows)
             self._m.agreed_rows.inc(labels, result.agreed_rows)
+            if load is not None:
+                load.shadow_rows(cluster, result.rows, result.agreed_rows)
         if not math.isnan(result.max_abs):
             self._m.max_abs.observe(labels, result.max_abs)
         if not math.isnan(result.max_rel):

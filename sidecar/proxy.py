@@ -9,7 +9,8 @@
 5. answer: upstream headers and body as bytes, plus ``x-sidemesh-version``. A request
    served locally without a version in its path is sent as ``/v2/models/M/versions/V/...``,
    so a model server holding several versions answers with this sidecar's;
-6. record: counters and histograms (dictionary updates), then hand the finished exchange
+6. record: counters and histograms (dictionary updates), and for an infer request that
+   entered the mesh here, its cluster's row of the load reports; then hand the finished exchange
    to the mirror queue when a shadow gets a copy, and an infer request this sidecar served
    with a 200 for its own model to the statistics tap (``tap.StatsTap.offer``: a sampling
    decision and an append). Comparison and decoding happen there, later.
@@ -128,12 +129,16 @@ class RestProxy:
                 ))
         if self.tap is not None and decision.local and response.status == 200 and op == b"infer" and model == self.router.model:
             self.tap.offer(request.body, request.headers)
-        return self._record(label, version, response, request)
+        entry = decision.entry if op == b"infer" and request.method == b"POST" else None
+        return self._record(label, version, response, request, entry)
 
-    def _record(self, label: str, version: str, response: Response, request: Request) -> Response:
+    def _record(self, label: str, version: str, response: Response, request: Request, entry: str | None = None) -> Response:
         status = response.status
         code = self._codes.get(status)
         if code is None:
             code = self._codes[status] = str(status)
-        self.m.answered(label, version, code, time.perf_counter() - request.received)
+        seconds = time.perf_counter() - request.received
+        self.m.answered(label, version, code, seconds)
+        if entry is not None and (load := self.m.load) is not None:
+            load.entry(entry, status >= 500, seconds)
         return response

@@ -40,14 +40,18 @@ class RouteRefused(Exception):
 
 
 class Decision:
-    __slots__ = ("route", "version", "local", "cluster", "headers")
+    __slots__ = ("route", "version", "local", "cluster", "headers", "entry")
 
-    def __init__(self, route: ModelRoute | None, version: str, local: bool, cluster: Cluster | None, headers: tuple) -> None:
+    def __init__(self, route: ModelRoute | None, version: str, local: bool, cluster: Cluster | None, headers: tuple,
+                 entry: str | None = None) -> None:
         self.route = route
         self.version = version  # the version that will answer
         self.local = local
         self.cluster = cluster  # where to send it when not local
         self.headers = headers  # extra request headers (the hop mark)
+        # The chosen version's cluster name when the request entered the mesh here and was
+        # routed (no hop mark, so not a shadow copy either): the load reports count it here.
+        self.entry = entry
 
 
 class Router:
@@ -78,8 +82,8 @@ class Router:
         else:
             target = route.pick(self._rand)
         if target.version == self.version and route.model == self.model:
-            return Decision(route, target.version, True, None, ())
-        return Decision(route, target.version, False, table.clusters.get(target.cluster), target.headers)
+            return Decision(route, target.version, True, None, (), target.cluster)
+        return Decision(route, target.version, False, table.clusters.get(target.cluster), target.headers, target.cluster)
 
     def _pinned_target(self, table: RoutingTable, route: ModelRoute, version: str, from_path: bool) -> Target:
         """A version outside the weighted split (a shadow with weight 0) can still be pinned

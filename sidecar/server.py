@@ -1,5 +1,6 @@
 """Assembles and runs the sidecar: routing, the REST and gRPC proxies, mirroring, the admin
-port, the xDS client and, with ``--drift``, the input-statistics tap and its stream.
+port, the xDS client, the load reports (LRS) to the control plane and, with ``--drift``, the
+input-statistics tap and its stream.
 
 Listeners open first (liveness answers at once); readiness waits for the first routing
 table, from the control plane or, after ``static_after_s``, the static fallback (every
@@ -58,6 +59,7 @@ class Sidecar(StackLifecycle):
                                            model=config.model, version=config.version), exporter=span_exporter)
         self.draining = False
         self.xds = None
+        self.load_reporter = None  # with a control plane (or --load-report-to)
         self.tap = None  # the input-statistics tap, with --drift
         self.stats_client = None
         self.http_address: tuple[str, int] | None = None
@@ -85,6 +87,8 @@ class Sidecar(StackLifecycle):
         self._stack.push_async_callback(self.mirror.stop)
         if cfg.drift is not None:  # stopped after the listeners close, so the last window still goes out
             self._start_stats()
+        if cfg.load_reports is not None:  # the same: the last requests are in the last report
+            self._start_load_reports()
         self.proxy = RestProxy(self.router, self.forwarder, self.mirror, m, cfg.max_concurrent, self.tracer, self.tap)
         self.grpc_proxy = None
         limits = ServerLimits(max_body_bytes=cfg.max_body_bytes)
@@ -111,22 +115,46 @@ class Sidecar(StackLifecycle):
         else:
             self._start_xds()
 
-    def _start_xds(self) -> None:
-        from .xds_client import XdsClient, XdsConfig
+    def _xds_config(self, server: tuple[str, int]):
+        """What this sidecar announces (the xDS node), to ``server``."""
+        from .xds_client import XdsConfig
 
         cfg = self.config
         advertised_grpc = cfg.advertised_grpc
-        self.xds = XdsClient(XdsConfig(
-            control_plane=_addr(cfg.control_plane), node_id=cfg.node_id, node_cluster=cfg.model,
+        return XdsConfig(
+            control_plane=_addr(server), node_id=cfg.node_id, node_cluster=cfg.model,
             model=cfg.model, version=cfg.version, inbound=_addr(cfg.advertised),
             grpc_inbound=_addr(advertised_grpc) if advertised_grpc else None,
-        ), self.apply)
+        )
+
+    def _start_xds(self) -> None:
+        from .xds_client import XdsClient
+
+        cfg = self.config
+        self.xds = XdsClient(self._xds_config(cfg.control_plane), self.apply)
         self._xds_task = asyncio.ensure_future(self.xds.run())
         self._stack.push_async_callback(_cancel, self._xds_task)
         if cfg.static_after_s is not None:
             timer = asyncio.get_running_loop().call_later(cfg.static_after_s, self._fallback)
             self._stack.callback(timer.cancel)
         _say(f"waiting for routes from the control plane at {_addr(cfg.control_plane)}")
+
+    def _start_load_reports(self) -> None:
+        """The per-version traffic this sidecar measured, reported over LRS (imported only here)."""
+        from .instruments import LoadReportInstruments
+        from .load_report import LoadRecorder
+        from .load_report_client import LoadReportConfig, LoadReporter
+
+        cfg = self.config
+        m = LoadReportInstruments(self.metrics)
+        recorder = LoadRecorder(on_drop=lambda n: m.dropped.inc(("too_many_clusters",), n))
+        self.load_reporter = LoadReporter(LoadReportConfig(target=_addr(cfg.load_reports)), self._xds_config(cfg.load_reports).node(),
+                                          recorder, m)
+        self.instruments.load = recorder
+        self.load_reporter.start()
+        self._stack.push_async_callback(self.load_reporter.stop)
+        self.metrics.gauge("sidemesh_load_report_connected", "1 while the load report (LRS) stream to the control plane is up.", (),
+                           lambda: [((), 1.0 if self.load_reporter.connected else 0.0)])
 
     def _start_stats(self) -> None:
         """The input-statistics tap and its stream to the drift detector (imported only here)."""
@@ -217,10 +245,16 @@ class Sidecar(StackLifecycle):
             stats = {"drift": _addr(self.config.drift), "source": c.config.source, "connected": c.connected,
                      "queued_reports": len(c.pending()), "queue_bytes": c.queue_bytes, "dropped_reports": c.dropped,
                      "last_error": c.last_error, "pending_bodies": self.tap.pending(), "over_cpu_budget": self.tap.over_budget}
+        load_reports = None
+        if self.load_reporter is not None:
+            r = self.load_reporter
+            load_reports = {"target": r.config.target, "connected": r.connected, "interval_s": r.interval_s,
+                            "clusters": sorted(r.clusters) if r.clusters is not None else "all",
+                            "reconnects_total": r.reconnects_total, "last_error": r.last_error}
         table = self.router.table
         return {"model": self.config.model, "version": self.config.version, "node_id": self.config.node_id,
                 "ready": self.readiness() is None, "table": table.to_dict() if table is not None else None, "xds": xds,
-                "stats": stats}
+                "stats": stats, "load_reports": load_reports}
 
     async def wait_applied(self) -> None:
         await self._applied.wait()

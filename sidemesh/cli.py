@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rollback": ("control_plane.commands:rollback_main", "restore a model's route as before its latest change"),
     "inject": ("control_plane.injector.cli:inject_main", "add the sidecar to annotated pods in Kubernetes YAML, offline"),
     "webhook": ("control_plane.injector.cli:webhook_main", "serve the Kubernetes admission webhook that injects the sidecar"),
+    "canary": ("control_plane.canary_cli:main", "roll a version out in gated weight steps; promote it or roll back"),
     "up": ("sidemesh.up.cli:main", "run the whole mesh on this machine with a live status board (--demo: a guided tour)"),
 }
 

@@ -165,10 +165,12 @@ class Mesh:
             second.append(ChildSpec("prometheus", tuple(prometheus_argv(m.prometheus, config, files.prometheus / "data",
                                                                         p.prometheus)),
                                     self.url(p.prometheus, "/-/ready"), 1))
+        alerts = ["--webhook", self.receiver.url("detector"), "--webhook-secret-file", str(files.secret_file)]
+        # Canaries (`sidemesh canary`) gate on the detector's verdicts and report to the same receiver.
         second.append(python_child("control-plane", "control-plane", [
             "--host", HOST, "--admin-port", str(p.control_admin), "--xds-port", str(p.control_xds),
-            "--state", str(files.control_db), "--token-file", str(files.token_file)], self.url(p.control_admin, "/healthz"), 1))
-        alerts = ["--webhook", self.receiver.url("detector"), "--webhook-secret-file", str(files.secret_file)]
+            "--state", str(files.control_db), "--token-file", str(files.token_file),
+            "--drift-url", self.url(p.drift_http), *alerts], self.url(p.control_admin, "/healthz"), 1))
         if m.alertmanager:
             alerts += ["--alertmanager", self.url(p.alertmanager)]
         second.append(python_child("drift", "drift", [

@@ -36,14 +36,16 @@ def verify_signature(secret: bytes, body: bytes, header: str | None) -> bool:
 @dataclass(frozen=True)
 class Alert:
     at: float  # when it arrived (unix seconds)
-    via: str  # "detector" (signed sidemesh body) or "alertmanager"
-    status: str  # firing or resolved
-    name: str  # the alert's name: SidemeshInputDrift for the detector's
+    via: str  # "detector" or "control-plane" (signed sidemesh body), or "alertmanager"
+    status: str  # firing or resolved; a canary event's name (started, step, promoted, rolled_back, aborted)
+    name: str  # SidemeshInputDrift for the detector's, SidemeshCanary for the control plane's
     model: str
     version: str
     summary: str
 
     def line(self) -> str:
+        if self.via == "control-plane":
+            return f"CANARY {self.status.upper()} model {self.model} version {self.version}: {self.summary} [signature verified]"
         origin = "from the drift detector, signature verified" if self.via == "detector" else "via Alertmanager"
         return f"ALERT {self.status.upper()} {self.name} model {self.model} version {self.version}: {self.summary} [{origin}]"
 
@@ -108,7 +110,10 @@ class AlertReceiver:
         if event_id in self._seen:
             return web.json_response({"duplicate": True})
         self._seen.append(event_id)
-        self._accept(Alert(time.time(), "detector", status, "SidemeshInputDrift", _text(doc.get("model")),
+        # The control plane's canary events come in the same signed envelope (kind "canary").
+        name = "SidemeshCanary" if doc.get("kind") == "canary" else "SidemeshInputDrift"
+        source = "control-plane" if doc.get("kind") == "canary" else "detector"
+        self._accept(Alert(time.time(), source, status, name, _text(doc.get("model")),
                            _text(doc.get("modelVersion")), _text(doc.get("summary"))))
         return web.json_response({"received": True})
 

@@ -96,13 +96,14 @@ class ControlPlaneProcess:
     xds_port: int = field(default_factory=free_port)
     token_file: Path | None = None
     extra_env: dict = field(default_factory=dict)
+    extra_args: list = field(default_factory=list)  # appended to the command line (later flags win)
 
     def start(self) -> "ControlPlaneProcess":
         args = ["--state", str(self.state), "--admin-port", str(self.admin_port), "--xds-port", str(self.xds_port),
                 "--endpoint-grace", "0.5"]
         if self.token_file:
             args += ["--token-file", str(self.token_file)]
-        self._run(args)
+        self._run([*args, *map(str, self.extra_args)])
         return self
 
     def _run(self, args: list[str]) -> None:

@@ -135,7 +135,8 @@ def test_openapi_and_healthz_need_no_token(admin):
     reply = admin.call("GET", "/openapi.json", token=None)
     assert reply.status == 200 and reply.body["openapi"].startswith("3.1")
     assert set(reply.body["paths"]) == {"/v1/routes", "/v1/routes/{model}", "/v1/routes/{model}/rollback",
-                                        "/v1/history", "/v1/nodes", "/healthz", "/openapi.json"}
+                                        "/v1/history", "/v1/nodes", "/v1/canaries", "/v1/canaries/{model}",
+                                        "/v1/canaries/{model}/abort", "/healthz", "/openapi.json"}
     assert set(reply.body["paths"]["/v1/routes/{model}"]) >= {"get", "put", "delete"}
     assert reply.body["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     route = reply.body["components"]["schemas"]["Route"]["properties"]

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-__all__ = ["Answer", "ClosedLoop", "OpenLoop", "infer_body", "percentile"]
+__all__ = ["Answer", "ClosedLoop", "OpenLoop", "infer_body", "percentile", "post"]
 
 
 def infer_body(rows: int = 1, value: float = 0.5) -> bytes:
@@ -46,6 +46,28 @@ class Answer:
     @property
     def seconds(self) -> float:
         return self.done - self.sent
+
+
+def post(conn: http.client.HTTPConnection | None, port: int, path: str, body: bytes, headers: dict,
+         timeout_s: float) -> tuple[Answer, http.client.HTTPConnection | None]:
+    """One POST on a keep-alive connection (opened when ``conn`` is None): the answer, and the
+    connection to use next (None once it is closed)."""
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    sent = time.monotonic()
+    try:
+        conn.request("POST", path, body, headers)
+        response = conn.getresponse()
+        data = response.read()
+        answer = Answer(sent, time.monotonic(), response.status, response.getheader("x-sidemesh-version") or "",
+                        b"" if response.status == 200 else data)
+        if response.getheader("connection", "").lower() == "close":
+            conn.close()
+            conn = None
+    except (OSError, http.client.HTTPException) as exc:
+        answer = Answer(sent, time.monotonic(), 0, "", f"{type(exc).__name__}: {exc}".encode())
+        conn.close()
+        conn = None
+    return answer, conn
 
 
 class ClosedLoop:
@@ -102,21 +124,7 @@ class ClosedLoop:
                         return
                 bodies = self.bodies
                 body = bodies[next(self._turn) % len(bodies)]
-                conn = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout_s)
-                sent = time.monotonic()
-                try:
-                    conn.request("POST", self.path, body, headers)
-                    response = conn.getresponse()
-                    data = response.read()
-                    answer = Answer(sent, time.monotonic(), response.status, response.getheader("x-sidemesh-version") or "",
-                                    b"" if response.status == 200 else data)
-                    if response.getheader("connection", "").lower() == "close":
-                        conn.close()
-                        conn = None
-                except (OSError, http.client.HTTPException) as exc:
-                    answer = Answer(sent, time.monotonic(), 0, "", f"{type(exc).__name__}: {exc}".encode())
-                    conn.close()
-                    conn = None
+                answer, conn = post(conn, self.port, self.path, body, headers, self.timeout_s)
                 with self._lock:
                     self.answers.append(answer)
         finally:

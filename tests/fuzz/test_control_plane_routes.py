@@ -28,7 +28,7 @@ _MODELS = NAMES | st.sampled_from(["", "a/b", "a b", "x" * 64, "é", "..", "-m"]
 
 
 class _Body:
-    """What ``admin._json_body`` reads from an aiohttp request."""
+    """What ``admin.json_body`` reads from an aiohttp request."""
 
     def __init__(self, data: bytes) -> None:
         self._data = data
@@ -39,7 +39,7 @@ class _Body:
 
 def _put(model: str, body: bytes) -> Route | None:
     async def parse() -> Route:
-        return Route.from_dict(model, await admin._json_body(_Body(body)))
+        return Route.from_dict(model, await admin.json_body(_Body(body)))
 
     route = parse_or_refuse(lambda: asyncio.run(parse()), ValidationError)
     if route is not None:  # whatever is accepted must publish
@@ -108,4 +108,4 @@ def test_a_mirror_percent_too_large_for_a_float_is_refused_naming_the_field():
 
 def test_a_body_nested_past_the_recursion_limit_is_refused_as_invalid_json():
     with pytest.raises(ValidationError, match="the request body is not valid JSON .*send a route document such as"):
-        asyncio.run(admin._json_body(_Body(b"[" * 100_000)))
+        asyncio.run(admin.json_body(_Body(b"[" * 100_000)))

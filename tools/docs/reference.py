@@ -20,7 +20,7 @@ __all__ = ["REFERENCE", "render", "main"]
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference.md"
 # Subcommands with a --help of their own, besides the top-level commands.
-_NESTED = (("drift", "reference"),)
+_NESTED = (("drift", "reference"), ("canary", "start"), ("canary", "status"), ("canary", "abort"), ("canary", "list"))
 _WIDTH = "100"
 
 _HEADER = """\
@@ -45,7 +45,7 @@ def render() -> str:
     try:
         parts = [_HEADER]
         commands = [[name] for name in COMMANDS]
-        for nested in _NESTED:
+        for nested in reversed(_NESTED):  # each goes right after its command: reversed keeps their order
             commands.insert(commands.index([nested[0]]) + 1, list(nested))
         for argv in commands:
             parts.append(f"## `sidemesh {' '.join(argv)}`\n\n```text\n{_help(argv)}\n```\n")
