@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -20,7 +21,32 @@ from pathlib import Path
 __all__ = ["free_port", "Backend", "EnvoyProcess", "ControlPlaneProcess", "wait_until"]
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+
+
 def free_port() -> int:
+    """A port free now, chosen *below* the kernel's ephemeral range when there is room: a port
+    the kernel handed out for ``bind(0)`` is also what it gives outgoing connections, so one of
+    the many connections a test's processes open could take it before the server binds it
+    (seen in CI: "address already in use")."""
+    low = 20000
+    if _EPHEMERAL[0] - low >= 1000:
+        for _ in range(50):
+            port = random.randrange(low, _EPHEMERAL[0])
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -22,16 +22,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.control_plane.peers import free_port
+
 __all__ = ["LocalContainer", "LocalPod", "free_port", "http_status", "running_pod", "expand"]
 
 _FIELD = re.compile(r"^metadata\.(annotations|labels)\['([^']+)'\]$")
 _VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_status(port: int, path: str, tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> int:
