@@ -23,7 +23,7 @@ __all__ = ["free_port", "Backend", "EnvoyProcess", "ControlPlaneProcess", "wait_
 
 def _ephemeral_range() -> tuple[int, int]:
     try:
-        low, high = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
         return low, high
     except (OSError, ValueError):
         return 32768, 60999
