@@ -21,7 +21,7 @@ from typing import Any
 from .errors import Conflict, NotFound
 from .routing import Route
 
-__all__ = ["Change", "RouteStore", "diff_routes"]
+__all__ = ["Change", "RouteStore", "diff_routes", "open_database"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS changes (
@@ -87,16 +87,24 @@ def diff_routes(before: dict | None, after: dict | None) -> dict[str, list]:
     return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
+def open_database(path: Path | str, schema: str) -> sqlite3.Connection:
+    """A connection to the control plane's file (created with its folder when missing) in WAL
+    mode with full sync, autocommit, usable from any thread, with ``schema`` applied. Each
+    store opens its own; WAL lets them write without blocking each other's readers."""
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10.0)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(schema)
+    return db
+
+
 class RouteStore:
     """Thread-safe; every method is one short transaction."""
 
     def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(path, _SCHEMA)
         self._lock = threading.Lock()
 
     def close(self) -> None:

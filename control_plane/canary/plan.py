@@ -40,13 +40,13 @@ def _other_mirrors(baseline: Route, candidate: str) -> tuple[Mirror, ...]:
 
 def shadow_route(baseline: Route, candidate: str, percent: float) -> Route:
     """The baseline's split, the candidate at weight 0 and mirrored ``percent``."""
-    current = {b.version: b.weight for b in baseline.backends}
-    if current.get(candidate, 0) > 0:
+    if baseline.weights.get(candidate, 0) > 0:
         # A mirror target must have weight 0: give its share to the others for the shadow phase.
         backends = _backends(baseline, candidate, 0, SCALE)
+    elif candidate in baseline.weights:
+        backends = baseline.backends
     else:
-        backends = _backends(baseline, candidate, 0, sum(current.values()))
-        backends = tuple(dataclasses.replace(b, weight=current.get(b.version, 0)) for b in backends)
+        backends = baseline.backends + (Backend(candidate, 0),)
     return dataclasses.replace(baseline, backends=backends,
                                mirrors=_other_mirrors(baseline, candidate) + (Mirror(candidate, percent),))
 

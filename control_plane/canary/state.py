@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..store import open_database
 from .spec import CanarySpec
 
 __all__ = ["ACTIVE", "FINISHED", "Canary", "CanaryStore", "new_id"]
@@ -112,10 +112,7 @@ class CanaryStore:
     """Thread-safe; its own connection to the control plane's database file."""
 
     def __init__(self, path: Path | str) -> None:
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(path, _SCHEMA)
         self._lock = threading.Lock()
 
     def close(self) -> None:
